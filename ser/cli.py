@@ -1,0 +1,153 @@
+"""The ``ser`` command: ``ser predict PATH...`` and ``ser serve``.
+
+    ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv]
+    ser serve --port 8000 [--model URI|FOLDER]
+
+``--model`` defaults to the latest version of the registered ``ser-emotion`` in the project's
+MLflow store (``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``); it also takes
+any MLflow model URI, a local MLflow model folder, or a ModelBundle folder. A file that cannot
+be read gets one error line (exit status 1); the other files are still predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+
+MODEL_HELP = ("MLflow model URI (models:/ser-emotion/3, runs:/<run id>/audio_model), MLflow model folder or "
+              "ModelBundle folder; default: latest registered ser-emotion in the project's MLflow store")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition: predict and serve.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="predict the emotion of audio files and folders")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="audio files, or folders searched recursively")
+    predict.add_argument("--model", default=None, help=MODEL_HELP)
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--windows", action="store_true",
+                         help="table/csv: also print each window of long recordings")
+    predict.add_argument("--window-s", type=float, default=None, help="window length (default: predict.window_s)")
+    predict.add_argument("--hop-s", type=float, default=None, help="window hop (default: predict.hop_s)")
+
+    serve = commands.add_parser("serve", help="run the web page and JSON API")
+    serve.add_argument("--model", default=None, help=MODEL_HELP)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-bytes", type=int, default=None, help="upload size limit (default: serve.max_bytes)")
+    return parser
+
+
+def _load(model: str | None, window_s: float | None = None, hop_s: float | None = None):
+    from pathlib import Path
+
+    if model is not None and (Path(model) / "bundle.json").is_file():
+        from ser.predict import load_bundle_predictor  # a bundle needs no MLflow: start faster
+
+        predictor, description = load_bundle_predictor(model), f"bundle {model}"
+    else:
+        from ser.pyfunc import load_predictor
+
+        predictor, description = load_predictor(model)
+    if window_s is not None:
+        predictor.window_s = window_s
+    if hop_s is not None:
+        predictor.hop_s = hop_s
+    return predictor, description
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:5.1f}%"
+
+
+def write_table(predictions, classes: Sequence[str], windows: bool, out) -> None:
+    width = max([len("path"), *(len(p.source) for p in predictions)])
+    label_width = max(len("label"), *(len(c) for c in classes))
+    header = f"{'path':<{width}}  {'label':<{label_width}}  " + "  ".join(f"{c:>7}" for c in classes)
+    print(header, file=out)
+    for prediction in predictions:
+        if not prediction.ok:
+            print(f"{prediction.source:<{width}}  ERROR: {prediction.error}", file=out)
+            continue
+        cells = "  ".join(f"{_percent(prediction.probabilities[c]):>{max(7, len(c))}}" for c in classes)
+        print(f"{prediction.source:<{width}}  {prediction.label:<{label_width}}  {cells}", file=out)
+        if windows and len(prediction.windows) > 1:
+            for window in prediction.windows:
+                span = f"  [{window.start_s:8.2f}-{window.end_s:8.2f} s]"
+                cells = "  ".join(f"{_percent(window.probabilities[c]):>{max(7, len(c))}}" for c in classes)
+                print(f"{span:<{width}}  {window.label:<{label_width}}  {cells}", file=out)
+
+
+def write_csv(predictions, classes: Sequence[str], windows: bool, out) -> None:
+    writer = csv.writer(out)
+    writer.writerow(["path", "window", "start_s", "end_s", "label", *classes, "error"])
+    for prediction in predictions:
+        if not prediction.ok:
+            writer.writerow([prediction.source, "", "", "", "", *([""] * len(classes)), prediction.error])
+            continue
+        writer.writerow([prediction.source, "all", 0.0, prediction.duration_s, prediction.label,
+                         *(f"{prediction.probabilities[c]:.6f}" for c in classes), ""])
+        if windows and len(prediction.windows) > 1:
+            for index, window in enumerate(prediction.windows):
+                writer.writerow([prediction.source, index, window.start_s, window.end_s, window.label,
+                                 *(f"{window.probabilities[c]:.6f}" for c in classes), ""])
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    try:
+        predictor, _ = _load(args.model, args.window_s, args.hop_s)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ser predict: {exc}", file=sys.stderr)
+        return 2
+    predictions = predictor.predict_paths(args.paths, progress=sys.stderr.isatty())
+    if not predictions:
+        print("ser predict: no audio files found in " + ", ".join(args.paths), file=sys.stderr)
+        return 2
+    classes = predictor.classes
+    if args.format == "json":
+        json.dump([p.to_dict(with_windows=True) for p in predictions], sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        write_csv(predictions, classes, args.windows, sys.stdout)
+    else:
+        write_table(predictions, classes, args.windows, sys.stdout)
+    failed = [p for p in predictions if not p.ok]
+    if args.format != "table":  # the table has its error lines; machine formats get a note on stderr
+        for prediction in failed:
+            print(f"error: {prediction.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ser.serve.app import create_app
+
+    try:
+        predictor, description = _load(args.model)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ser serve: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(predictor, max_bytes=args.max_bytes, model_description=description)
+    print(f"ser serve: {description} on http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Library deprecation notices are for developers, not for someone asking about a recording.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        return run_predict(args)
+    return run_serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Scores and figures from out-of-fold predictions (``data/train/oof_predictions.parquet``).
+
+Every number is recomputed from the saved predictions, so any figure can be redrawn without
+training again. UAR is macro recall over the classes present in the scored clips' true labels
+(a corpus without ``calm`` is not charged a zero recall for it).
+
+The figure functions return matplotlib Figures and take plain frames, for reuse by the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # noqa: E402  (no display in CI or under DVC)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, f1_score,  # noqa: E402
+                             precision_recall_fscore_support, recall_score)
+
+METRICS = ("uar", "accuracy", "macro_f1")
+
+
+def scores(y_true, y_pred) -> dict[str, float]:
+    y_true = np.asarray(y_true).astype(str)
+    y_pred = np.asarray(y_pred).astype(str)
+    present = sorted(np.unique(y_true))
+    return {"uar": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))}
+
+
+def per_class(y_true, y_pred, classes: list[str]) -> dict[str, dict[str, float]]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str), labels=classes, zero_division=0)
+    return {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support)}
+
+
+def summarize(oof: pd.DataFrame, classes: list[str], protocol: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``metrics/evaluate.json``."""
+    pooled = scores(oof["y_true"], oof["y_pred"])
+    by_fold = [{"fold": int(fold), **scores(rows["y_true"], rows["y_pred"])} for fold, rows in oof.groupby("fold")]
+    folds = {name: {"values": [round(f[name], 6) for f in by_fold],
+                    "mean": float(np.mean([f[name] for f in by_fold])),
+                    "std": float(np.std([f[name] for f in by_fold]))} for name in METRICS}
+    summary: dict[str, Any] = {
+        **pooled,
+        "protocol": protocol,
+        "speaker_dependent": protocol == "random",
+        "n_clips": int(len(oof)),
+        "n_folds": len(by_fold),
+        "folds": folds,
+        "per_class": per_class(oof["y_true"], oof["y_pred"], classes),
+    }
+    if "corpus" in oof.columns and oof["corpus"].nunique() > 1:
+        summary["per_corpus"] = {
+            str(corpus): {**scores(rows["y_true"], rows["y_pred"]), "n_clips": int(len(rows)),
+                          "folds": {name: {"mean": float(np.mean(values)), "std": float(np.std(values))}
+                                    for name, values in _fold_values(rows).items()}}
+            for corpus, rows in oof.groupby("corpus")}
+    summary.update(extra or {})
+    return summary
+
+
+def _fold_values(rows: pd.DataFrame) -> dict[str, list[float]]:
+    per_fold = [scores(r["y_true"], r["y_pred"]) for _, r in rows.groupby("fold")]
+    return {name: [f[name] for f in per_fold] for name in METRICS}
+
+
+# ---- figures ---------------------------------------------------------------------------------
+def confusion_frame(oof: pd.DataFrame, classes: list[str], normalize: bool = True) -> pd.DataFrame:
+    matrix = confusion_matrix(oof["y_true"].astype(str), oof["y_pred"].astype(str), labels=classes)
+    matrix = matrix.astype(float)
+    if normalize:
+        totals = matrix.sum(axis=1, keepdims=True)
+        matrix = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    return pd.DataFrame(matrix, index=pd.Index(classes, name="actual"), columns=pd.Index(classes, name="predicted"))
+
+
+def plot_confusion(oof: pd.DataFrame, classes: list[str], title: str = "Confusion matrix (row-normalized)") -> Figure:
+    frame = confusion_frame(oof, classes)
+    counts = confusion_frame(oof, classes, normalize=False)
+    size = 1.0 + 0.75 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(frame.values, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            value = frame.values[i, j]
+            ax.text(j, i, f"{value:.2f}\n({int(counts.values[i, j])})", ha="center", va="center", fontsize=7,
+                    color="white" if value > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def mean_history(history: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch mean over the cross-validation folds (the final fit, fold -1, left out)."""
+    columns = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy"]
+    if history is None or history.empty:
+        return pd.DataFrame(columns=columns)
+    folds = history[history["fold"] >= 0]
+    return folds.groupby("epoch", as_index=False)[columns[1:]].mean()[columns]
+
+
+def plot_curves(history: pd.DataFrame, title: str = "Training curves (cross-validation folds)") -> Figure:
+    fig, (ax_loss, ax_accuracy) = plt.subplots(1, 2, figsize=(11, 4))
+    folds = history[history["fold"] >= 0] if history is not None and not history.empty else pd.DataFrame()
+    if folds.empty:
+        for ax in (ax_loss, ax_accuracy):
+            ax.text(0.5, 0.5, "this model type trains without epochs", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    else:
+        for ax, metric in ((ax_loss, "loss"), (ax_accuracy, "accuracy")):
+            for fold, rows in folds.groupby("fold"):
+                ax.plot(rows["epoch"], rows[metric], color="tab:blue", alpha=0.3, lw=1)
+                if rows[f"val_{metric}"].notna().any():
+                    ax.plot(rows["epoch"], rows[f"val_{metric}"], color="tab:orange", alpha=0.3, lw=1)
+            mean = mean_history(history)
+            ax.plot(mean["epoch"], mean[metric], color="tab:blue", lw=2, label=f"train {metric} (mean)")
+            if mean[f"val_{metric}"].notna().any():
+                ax.plot(mean["epoch"], mean[f"val_{metric}"], color="tab:orange", lw=2,
+                        label=f"validation {metric} (mean)")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+            ax.legend()
+            ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class(report: dict[str, dict[str, float]], title: str = "Per-class precision / recall / F1") -> Figure:
+    classes = list(report)
+    positions = np.arange(len(classes))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(classes)), 4))
+    for offset, metric in zip((-width, 0, width), ("precision", "recall", "f1")):
+        ax.bar(positions + offset, [report[c][metric] for c in classes], width, label=metric)
+    ax.set_xticks(positions, classes, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, pad=28)
+    fig.tight_layout()
+    return fig
+
+
+# ---- the stage's work ------------------------------------------------------------------------------
+def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plots_dir: str | os.PathLike,
+             protocol: str | None = None, track: bool = True) -> dict[str, Any]:
+    """Write ``metrics_path`` and the plots from ``train_dir``; log them to the training run."""
+    train_dir, metrics_path, plots_dir = Path(train_dir), Path(metrics_path), Path(plots_dir)
+    oof = pd.read_parquet(train_dir / "oof_predictions.parquet")
+    classes = json.loads((train_dir / "classes.json").read_text(encoding="utf-8"))
+    history = pd.read_csv(train_dir / "history.csv")
+    info_path = train_dir / "train_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    trained_protocol = info.get("protocol", protocol)
+    if protocol and trained_protocol and protocol != trained_protocol:
+        raise ValueError(f"split.protocol is '{protocol}' but {train_dir} was trained with '{trained_protocol}'; "
+                         "re-run the train stage")
+    protocol = trained_protocol or "speaker_kfold"
+    summary = summarize(oof, classes, protocol, {
+        "model_type": info.get("model_type"), "feature_input": info.get("feature_input"),
+        "target": info.get("target"), "classes": classes})
+    if summary["speaker_dependent"]:
+        summary["warning"] = "random protocol: speakers appear on both sides; scores are speaker-dependent"
+
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"actual": oof["y_true"].astype(str), "predicted": oof["y_pred"].astype(str)}).to_csv(
+        plots_dir / "confusion.csv", index=False)
+    mean_history(history).to_csv(plots_dir / "history.csv", index=False)
+    suffix = " [SPEAKER-DEPENDENT]" if summary["speaker_dependent"] else ""
+    figures = {
+        "confusion.png": plot_confusion(oof, classes, f"{info.get('model_type', '')} confusion, {protocol}{suffix}"),
+        "curves.png": plot_curves(history),
+        "per_class.png": plot_per_class(summary["per_class"]),
+    }
+    for name, figure in figures.items():
+        figure.savefig(plots_dir / name, dpi=110)
+        plt.close(figure)
+    report = classification_report(oof["y_true"].astype(str), oof["y_pred"].astype(str), labels=classes,
+                                   zero_division=0, digits=4)
+    if track:
+        log_to_run(train_dir, summary, plots_dir, report)
+    return summary
+
+
+def log_to_run(train_dir: Path, summary: dict[str, Any], plots_dir: Path, report: str) -> None:
+    """Reopen the training run (``run.json``) and add the evaluation to it."""
+    import mlflow
+
+    from ser import tracking
+    from ser.config import repo_root
+
+    run = tracking.read_run_file(train_dir)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    metrics = {name: summary[name] for name in METRICS}
+    for name in METRICS:
+        metrics[f"{name}_fold_mean"] = summary["folds"][name]["mean"]
+        metrics[f"{name}_fold_std"] = summary["folds"][name]["std"]
+    for corpus, values in summary.get("per_corpus", {}).items():
+        metrics.update({f"{corpus}_{name}": values[name] for name in METRICS})
+    with tracking.retry(lambda: mlflow.start_run(run_id=run["run_id"])):
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("protocol", summary["protocol"])
+        mlflow.set_tag("speaker_dependent", str(summary["speaker_dependent"]))
+        mlflow.log_dict(summary, "evaluate.json")
+        mlflow.log_text(report, "classification_report.txt")
+        mlflow.log_artifacts(str(plots_dir), "plots")
+        params_file = repo_root() / "params.yaml"
+        if Path("params.yaml").is_file():
+            mlflow.log_artifact("params.yaml")
+        elif params_file.is_file():
+            mlflow.log_artifact(str(params_file))

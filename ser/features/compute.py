@@ -1,0 +1,214 @@
+"""Run feature extraction over many clips: cache, executor, streamed outputs, quarantine.
+
+Phase 1 computes what the per-clip cache lacks, in parallel (``ser.executor``), streaming
+each outcome into the cache; a clip that fails becomes a row of ``failures.parquet`` with its
+problem and a printed warning. Phase 2 reads the cache back in metadata order and streams it
+into the output files, so the outputs are the same whatever order the workers finished in and
+memory never holds more than one chunk of clips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ser.audio import load_audio
+from ser.config import repo_root
+from ser.executor import Executor, make_executor
+from ser.features import store
+from ser.features.cache import FeatureCache
+from ser.features.egemaps import EGEMAPS_NAMES
+from ser.features.extraction import KINDS_OF_SET, check_sets, extract, set_params_hash
+from ser.features.functionals import functional_names
+from ser.features.sequences import n_frames, sequence_dims
+
+_WRITE_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to extract: picklable, so any executor (process pool, cluster) can run it."""
+
+    key: str                    # cache key of the signal: the clip's pcm_sha256
+    path: str
+    sets: tuple[str, ...]       # the sets the cache lacks for this clip
+    audio_params: dict = field(hash=False)
+    feature_params: dict = field(hash=False)
+
+
+def extract_job(job: ClipJob) -> dict[str, np.ndarray]:
+    """The per-clip work of the features stage: front end, then the missing sets."""
+    y = load_audio(job.path, job.audio_params)
+    return extract(y, job.feature_params, job.sets, job.audio_params)
+
+
+def resolve_path(path: str, root: Path) -> str:
+    return path if os.path.isabs(path) else str(root / path)
+
+
+def ok_clips(metadata: pd.DataFrame) -> pd.DataFrame:
+    """The clips features are computed for: status ``ok``, in utterance_id order."""
+    clips = metadata[metadata["status"] == "ok"].sort_values("utterance_id", kind="stable")
+    missing_hash = clips["pcm_sha256"].isna()
+    if missing_hash.any():
+        raise ValueError("metadata: ok clips without pcm_sha256 (the cache key): "
+                         f"{clips.loc[missing_hash, 'utterance_id'].head(5).tolist()}")
+    return clips.reset_index(drop=True)
+
+
+def clear_outputs(out_dir: Path, extra: Sequence[str] = ()) -> None:
+    for name in ("functionals.parquet", "egemaps.parquet", store.FAILURES_FILE, store.INFO_FILE, *extra):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / store.SEQUENCES_DIR, ignore_errors=True)
+
+
+def open_cache(feature_params: dict, root: Path, cache_dir: str | os.PathLike | None = None
+               ) -> tuple[FeatureCache, Path | None]:
+    """The persistent cache (``features.cache_dir``), or a throwaway one when it is null."""
+    folder = cache_dir if cache_dir is not None else feature_params.get("cache_dir")
+    if folder:
+        folder = Path(folder)
+        return FeatureCache(folder if folder.is_absolute() else root / folder), None
+    scratch = Path(tempfile.mkdtemp(prefix="ser-features-cache-"))
+    return FeatureCache(scratch), scratch
+
+
+def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[[str, tuple[str, ...]], Any],
+                         job_fn: Callable[[Any], dict], out_dir: Path, audio_params: dict,
+                         feature_params: dict, cache: FeatureCache, executor: Executor,
+                         desc: str) -> dict[str, Any]:
+    """Fill ``out_dir`` for ``entries`` = [(utterance_id, cache key)] (in output order).
+
+    ``make_job(key, missing_sets)`` builds the picklable job that ``job_fn`` turns into
+    ``extract``'s dict. Returns a summary (also written to ``info.json``).
+    """
+    sets = check_sets(feature_params.get("sets", ()))
+    hashes = {name: set_params_hash(name, audio_params, feature_params) for name in sets}
+    present = {name: set.intersection(*(cache.present(kind, hashes[name]) for kind in KINDS_OF_SET[name]))
+               for name in sets}
+    keys = list(dict.fromkeys(key for _, key in entries))
+    jobs = []
+    for key in keys:
+        missing = tuple(name for name in sets if key not in present[name])
+        if missing:
+            jobs.append(make_job(key, missing))
+
+    failed: dict[str, str] = {}
+    for outcome in executor.map(job_fn, jobs, desc=desc, total=len(jobs)):
+        job = outcome.item
+        if not outcome.ok:
+            failed[job.key] = outcome.error
+            tqdm.write(f"warning: {getattr(job, 'path', job.key)}: quarantined, {outcome.error}")
+            continue
+        for name in job.sets:
+            for kind in KINDS_OF_SET[name]:
+                cache.put(kind, hashes[name], job.key, outcome.value[kind])
+    cache.commit()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    good = [(uid, key) for uid, key in entries if key not in failed]
+    failures = [(uid, failed[key]) for uid, key in entries if key in failed]
+    store.write_failures(out_dir / store.FAILURES_FILE, failures)
+    _write_sets(good, sets, hashes, out_dir, audio_params, feature_params, cache)
+    summary = {
+        "sets": list(sets),
+        "params_hash": hashes,
+        "clips": len(good),
+        "failed": len(failures),
+        "computed": len(jobs) - len(failed),
+        "computed_per_set": {name: sum(1 for job in jobs if name in job.sets and job.key not in failed)
+                             for name in sets},
+        "from_cache": len(keys) - len(jobs),
+        "functionals": len(functional_names(feature_params)) if "functionals" in sets else 0,
+        "egemaps": len(EGEMAPS_NAMES) if "egemaps" in sets else 0,
+        "sequence_frames": n_frames(audio_params, feature_params) if "sequences" in sets else 0,
+        "sequence_dims": sequence_dims(feature_params) if "sequences" in sets else {},
+    }
+    (out_dir / store.INFO_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _chunks(items: Sequence, size: int = _WRITE_CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: dict[str, str],
+                out_dir: Path, audio_params: dict, feature_params: dict, cache: FeatureCache) -> None:
+    columns = {"functionals": functional_names(feature_params), "egemaps": list(EGEMAPS_NAMES)}
+    for name in (s for s in sets if s in store.TABLE_SETS):
+        writer = store.TableWriter(out_dir / f"{name}.parquet", columns[name])
+        try:
+            for chunk in _chunks(good):
+                found = cache.get_many(name, hashes[name], [key for _, key in chunk])
+                writer.write([uid for uid, _ in chunk], np.stack([found[key] for _, key in chunk]))
+        finally:
+            writer.close()
+    if "sequences" in sets:
+        folder = out_dir / store.SEQUENCES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"utterance_id": pa.array([uid for uid, _ in good], pa.string()),
+                                 "row": pa.array(np.arange(len(good)), pa.int64())}),
+                       folder / "index.parquet")
+        frames = n_frames(audio_params, feature_params)
+        for kind, dim in sequence_dims(feature_params).items():
+            # Streamed with plain writes after the .npy header rather than through a memmap, whose
+            # dirty pages would count against the process however large the corpus grows.
+            with open(folder / f"{kind}.npy", "wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                    "shape": (len(good), frames, dim)})
+                for chunk in _chunks(good):
+                    found = cache.get_many(kind, hashes["sequences"], [key for _, key in chunk])
+                    block = np.stack([found[key] for _, key in chunk]) if chunk else None
+                    if block is not None:
+                        if block.shape[1:] != (frames, dim) or block.dtype != np.float32:
+                            raise ValueError(f"cached {kind} of shape {block.shape[1:]} {block.dtype}, "
+                                             f"expected ({frames}, {dim}) float32")
+                        handle.write(block.tobytes())
+
+
+def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: dict,
+                     feature_params: dict, *, root: str | os.PathLike | None = None,
+                     executor: Executor | None = None, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """The features stage: every ``status == "ok"`` clip of ``metadata_df`` -> ``out_dir``.
+
+    Quarantined clips (status not ok) are not processed; clips that fail extraction are listed
+    in ``failures.parquet`` with their problem. ``root`` resolves relative metadata paths
+    (default: the repo root); ``cache_dir`` overrides ``features.cache_dir``.
+    """
+    root = Path(root) if root is not None else repo_root()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out_dir)
+    clips = ok_clips(metadata_df)
+    paths = dict(zip(clips["pcm_sha256"], (resolve_path(p, root) for p in clips["path"])))
+    entries = list(zip(clips["utterance_id"], clips["pcm_sha256"]))
+    executor = executor or make_executor(feature_params.get("executor", "process"),
+                                         int(feature_params.get("workers", 0) or 0))
+
+    def make_job(key: str, missing: tuple[str, ...]) -> ClipJob:
+        return ClipJob(key, paths[key], missing, audio_params, feature_params)
+
+    cache, scratch = open_cache(feature_params, root, cache_dir)
+    try:
+        return build_feature_folder(entries, make_job, extract_job, out_dir, audio_params,
+                                    feature_params, cache, executor,
+                                    desc="features" if progress else None)
+    finally:
+        cache.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""``extract``: every feature set of one front-end-processed signal, a pure function of its inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ser.audio import DEFAULT_AUDIO_PARAMS, AudioSource, load_audio
+from ser.config import params_hash
+from ser.features.egemaps import egemaps
+from ser.features.functionals import functionals
+from ser.features.sequences import SEQUENCE_KINDS, sequences
+
+FEATURE_SETS = ("functionals", "egemaps", "sequences")
+
+# The arrays each set produces: the keys of extract()'s result, and the kinds kept in the cache.
+KINDS_OF_SET: dict[str, tuple[str, ...]] = {
+    "functionals": ("functionals",),
+    "egemaps": ("egemaps",),
+    "sequences": SEQUENCE_KINDS,
+}
+
+# Bump a set's version when its code changes its numbers, so cached values are recomputed.
+SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1}
+
+# The feature params each set depends on; anything else (sets, cache_dir, executor, workers)
+# changes how features are computed, never their values.
+_FEATURE_KEYS_OF_SET = {
+    "functionals": ("n_mfcc", "n_mels", "n_fft", "win_length", "hop_length", "contrast_fmin",
+                    "contrast_bands"),
+    "egemaps": (),
+    "sequences": ("n_mfcc", "n_mels", "n_fbank", "n_fft", "win_length", "hop_length"),
+}
+
+
+def check_sets(sets: Iterable[str]) -> tuple[str, ...]:
+    sets = tuple(sets)
+    unknown = [name for name in sets if name not in FEATURE_SETS]
+    if unknown:
+        raise ValueError(f"features.sets: unknown set(s) {unknown}; choose from {list(FEATURE_SETS)}")
+    return sets
+
+
+def set_params_hash(set_name: str, audio_params: dict, feature_params: dict) -> str:
+    """Hash of exactly the params that shape ``set_name``: its cache and output version.
+
+    Functionals and eGeMAPS see the untruncated signal, so ``audio.max_seconds`` is not part of
+    their hash; sequences depend on it.
+    """
+    audio = {key: value for key, value in audio_params.items()
+             if set_name == "sequences" or key != "max_seconds"}
+    features = {key: feature_params.get(key) for key in _FEATURE_KEYS_OF_SET[set_name]}
+    return params_hash({"set": set_name, "version": SET_VERSIONS[set_name], "audio": audio,
+                        "features": features})
+
+
+def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None = None,
+            audio_params: dict | None = None) -> dict[str, np.ndarray]:
+    """Features of a signal produced by ``ser.audio.load_audio`` (trimmed, normalized, untruncated).
+
+    Returns ``functionals`` (1-D), ``egemaps`` (88) and/or ``logmel``/``mfcc``/``fbank``
+    (T x D, T fixed by ``audio_params["max_seconds"]``) for the requested ``sets`` (default:
+    ``params_features["sets"]``). ``audio_params`` is the ``audio:`` section the signal went
+    through (sample rate, fixed length); pass it whenever it may differ from the defaults.
+    """
+    audio = audio_params or DEFAULT_AUDIO_PARAMS
+    sample_rate = int(audio["sample_rate"])
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"extract expects a non-empty mono signal, got shape {y.shape}")
+    result: dict[str, np.ndarray] = {}
+    for set_name in check_sets(params_features.get("sets", FEATURE_SETS) if sets is None else sets):
+        if set_name == "functionals":
+            result["functionals"] = functionals(y, sample_rate, params_features)
+        elif set_name == "egemaps":
+            result["egemaps"] = egemaps(y, sample_rate)
+        else:
+            result.update(sequences(y, audio, params_features))
+    for kind, values in result.items():
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{kind} features of this signal are not finite (NaN or infinity)")
+    return result
+
+
+def extract_clip(source: AudioSource, audio_params: dict, params_features: dict,
+                 sets: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Encoded audio -> features through the one front end (what predict and serving call)."""
+    return extract(load_audio(source, audio_params), params_features, sets, audio_params)

@@ -1,0 +1,105 @@
+"""CI metric gate: ``python -m ser.gate``.
+
+Runs the real pipeline with the default params (``dvc repro``), prints ``dvc metrics diff
+HEAD``, and exits non-zero when a metric of ``metrics/evaluate.json`` falls below the committed
+value (``git show HEAD:metrics/evaluate.json``) by more than its tolerance in
+``metrics/thresholds.yaml``, or under its floor there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_METRICS = "metrics/evaluate.json"
+DEFAULT_THRESHOLDS = "metrics/thresholds.yaml"
+
+
+def lookup(metrics: dict[str, Any], dotted: str) -> float | None:
+    value: Any = metrics
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def dvc_command() -> list[str]:
+    """``dvc`` on PATH, else the one installed beside this Python."""
+    return [shutil.which("dvc")] if shutil.which("dvc") else [sys.executable, "-m", "dvc"]
+
+
+def committed_metrics(path: str, revision: str = "HEAD") -> dict[str, Any] | None:
+    result = subprocess.run(["git", "show", f"{revision}:{path}"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout)
+
+
+def check(current: dict[str, Any], baseline: dict[str, Any] | None, thresholds: dict[str, Any]) -> list[str]:
+    """Human-readable failures (empty = pass)."""
+    failures = []
+    if baseline is not None and baseline.get("protocol") != current.get("protocol"):
+        failures.append(f"protocol changed: committed '{baseline.get('protocol')}', now '{current.get('protocol')}'")
+    for name, tolerance in (thresholds.get("tolerance") or {}).items():
+        now = lookup(current, name)
+        if now is None:
+            failures.append(f"{name}: missing from the new metrics")
+            continue
+        before = lookup(baseline, name) if baseline is not None else None
+        if before is not None and now < before - float(tolerance):
+            failures.append(f"{name}: {now:.4f} < committed {before:.4f} - tolerance {float(tolerance):.4f}")
+    for name, floor in (thresholds.get("minimum") or {}).items():
+        now = lookup(current, name)
+        if now is None:
+            failures.append(f"{name}: missing from the new metrics (floor {float(floor):.4f})")
+        elif now < float(floor):
+            failures.append(f"{name}: {now:.4f} is under the floor {float(floor):.4f}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ser.gate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metrics", default=DEFAULT_METRICS)
+    parser.add_argument("--thresholds", default=DEFAULT_THRESHOLDS)
+    parser.add_argument("--baseline-rev", default="HEAD", help="git revision holding the committed metrics")
+    parser.add_argument("--no-repro", action="store_true", help="compare the metrics already in the work tree")
+    args = parser.parse_args(argv)
+
+    baseline = committed_metrics(args.metrics, args.baseline_rev)
+    if not args.no_repro:
+        print("ser.gate: dvc repro (default params)", flush=True)
+        if subprocess.run([*dvc_command(), "repro"]).returncode != 0:
+            print("ser.gate: FAIL: dvc repro failed", file=sys.stderr)
+            return 2
+    print(f"ser.gate: dvc metrics diff {args.baseline_rev}", flush=True)
+    subprocess.run([*dvc_command(), "metrics", "diff", args.baseline_rev, "--precision", "4"])
+    metrics_path = Path(args.metrics)
+    if not metrics_path.is_file():
+        print(f"ser.gate: FAIL: {metrics_path} was not produced", file=sys.stderr)
+        return 2
+    current = json.loads(metrics_path.read_text(encoding="utf-8"))
+    thresholds = yaml.safe_load(Path(args.thresholds).read_text(encoding="utf-8")) or {}
+    if baseline is None:
+        print(f"ser.gate: no {args.metrics} at {args.baseline_rev}; only the floors apply (commit the metrics "
+              "to set the baseline)")
+    failures = check(current, baseline, thresholds)
+    summary = ", ".join(f"{k}={lookup(current, k):.4f}" for k in ("uar", "accuracy", "macro_f1")
+                        if lookup(current, k) is not None)
+    if failures:
+        print("ser.gate: FAIL: metric regression\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    print(f"ser.gate: PASS ({summary})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

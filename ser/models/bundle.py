@@ -1,0 +1,155 @@
+"""ModelBundle: everything needed to go from a front-end-processed signal to probabilities.
+
+A bundle holds the fitted estimator (its standardization included), the class names, which
+features it reads, and the ``audio`` and ``features`` params sections those features were
+computed with. Training saves one; ``ser predict`` and the served MLflow model load it, so a
+clip goes through exactly the feature code the model was trained on.
+
+On disk (``save(folder)``)::
+
+    folder/bundle.json      model_type, classes, feature_input, feature_names, target,
+                            audio, features (params sections), format version
+    folder/estimator/       the estimator's own files (``Estimator.save``)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BUNDLE_FORMAT = 1
+TABULAR_INPUTS = ("functionals", "egemaps", "both")
+SEQUENCE_INPUTS = ("logmel", "mfcc", "fbank")
+FEATURE_INPUTS = TABULAR_INPUTS + SEQUENCE_INPUTS
+
+
+def tabular_sets(feature_input: str) -> list[str]:
+    """The feature tables a tabular input is made of, in column order."""
+    if feature_input == "both":
+        return ["functionals", "egemaps"]
+    if feature_input in ("functionals", "egemaps"):
+        return [feature_input]
+    raise ValueError(f"'{feature_input}' is not a tabular feature input; choose one of {TABULAR_INPUTS}")
+
+
+def extraction_sets(feature_input: str) -> list[str]:
+    """The ``features.sets`` names ``ser.features.extract`` must compute for this input."""
+    if feature_input in SEQUENCE_INPUTS:
+        return ["sequences"]
+    return tabular_sets(feature_input)
+
+
+@dataclass
+class ModelBundle:
+    model_type: str
+    classes: list[str]
+    feature_input: str
+    audio: dict[str, Any]
+    features: dict[str, Any]
+    estimator: Any
+    feature_names: list[str] = field(default_factory=list)  # tabular column order; [] for sequences
+    target: str = "emotion"
+
+    def __post_init__(self) -> None:
+        if self.feature_input not in FEATURE_INPUTS:
+            raise ValueError(f"unknown feature_input '{self.feature_input}'; choose one of {FEATURE_INPUTS}")
+        self.classes = [str(c) for c in self.classes]
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        description = {
+            "format": BUNDLE_FORMAT,
+            "model_type": self.model_type,
+            "classes": self.classes,
+            "feature_input": self.feature_input,
+            "feature_names": list(self.feature_names),
+            "target": self.target,
+            "audio": self.audio,
+            "features": self.features,
+        }
+        (folder / "bundle.json").write_text(json.dumps(description, indent=2, default=str), encoding="utf-8")
+        self.estimator.save(folder / "estimator")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "ModelBundle":
+        from ser.models import load_estimator
+
+        folder = Path(folder)
+        description_path = folder / "bundle.json"
+        if not description_path.is_file():
+            raise FileNotFoundError(f"{folder}: not a model bundle (no bundle.json)")
+        description = json.loads(description_path.read_text(encoding="utf-8"))
+        if description.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{description_path}: bundle format {description.get('format')} "
+                             f"is not the supported {BUNDLE_FORMAT}")
+        estimator = load_estimator(description["model_type"], folder / "estimator")
+        return cls(
+            model_type=description["model_type"],
+            classes=description["classes"],
+            feature_input=description["feature_input"],
+            audio=description["audio"],
+            features=description["features"],
+            estimator=estimator,
+            feature_names=description.get("feature_names", []),
+            target=description.get("target", "emotion"),
+        )
+
+    # ---- inputs --------------------------------------------------------------------------
+    @property
+    def is_sequence_model_input(self) -> bool:
+        return self.feature_input in SEQUENCE_INPUTS
+
+    def inputs_from_extracted(self, extracted: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+        """Model input from ``ser.features.extract`` outputs (one dict per clip)."""
+        if len(extracted) == 0:
+            raise ValueError("no clips to build model inputs from")
+        if self.is_sequence_model_input:
+            rows = [np.asarray(one[self.feature_input], dtype=np.float32) for one in extracted]
+            return np.stack(rows).astype(np.float32)
+        parts = tabular_sets(self.feature_input)
+        rows = [np.concatenate([np.ravel(np.asarray(one[part], dtype=np.float32)) for part in parts])
+                for one in extracted]
+        inputs = np.stack(rows).astype(np.float32)
+        if self.feature_names and inputs.shape[1] != len(self.feature_names):
+            raise ValueError(f"feature extraction gave {inputs.shape[1]} values per clip but the model "
+                             f"was trained on {len(self.feature_names)} ({self.feature_input})")
+        return inputs
+
+    def inputs_from_signals(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        """Model input for front-end-processed signals (``ser.audio.load_audio`` output)."""
+        from ser.features import extract
+
+        sets = extraction_sets(self.feature_input)
+        checked = []
+        for index, signal in enumerate(signals):
+            signal = np.asarray(signal, dtype=np.float32)
+            if signal.ndim != 1 or signal.size == 0:
+                raise ValueError(f"signal {index}: expected a non-empty 1-D array, got shape {signal.shape}")
+            checked.append(signal)
+        return self.inputs_from_extracted([extract(signal, self.features, sets, audio_params=self.audio)
+                                           for signal in checked])
+
+    # ---- predictions -----------------------------------------------------------------------
+    def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
+        probabilities = np.asarray(self.estimator.predict_proba(np.asarray(inputs, dtype=np.float32)))
+        if probabilities.ndim != 2 or probabilities.shape[1] != len(self.classes):
+            raise ValueError(f"estimator returned shape {probabilities.shape}; expected (n, {len(self.classes)})")
+        return probabilities
+
+    def predict_proba_signals(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        return self.predict_proba(self.inputs_from_signals(signals))
+
+    def labels(self, probabilities: np.ndarray) -> list[str]:
+        return [self.classes[i] for i in np.argmax(probabilities, axis=1)]
+
+    def predict_signals(self, signals: Sequence[np.ndarray]) -> list[str]:
+        return self.labels(self.predict_proba_signals(signals))

@@ -1,0 +1,166 @@
+"""scikit-learn families: ``mlp``, ``svm``, ``random_forest``, ``decision_tree``.
+
+Each is a ``Pipeline(StandardScaler, classifier)``, so the scaler is fitted on exactly the rows
+``fit`` gets (the training folds) and travels with the model. Class weights become sample
+weights, which every one of these classifiers accepts.
+
+The MLP is trained epoch by epoch (``partial_fit``) so that it can stop early on the
+speaker-disjoint validation split the trainer passes in, rather than on scikit-learn's own
+random 10% hold-out, which would share speakers with the training rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.metrics import log_loss
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+from tqdm.auto import tqdm
+
+
+def _classifier(model_type: str, params: dict[str, Any], seed: int):
+    if model_type == "svm":
+        # Platt-scaled probabilities, fitted on cross-validated decision values (what the
+        # deprecated SVC(probability=True) did internally), then one SVC on all the rows.
+        svc = SVC(C=float(params.get("C", 10.0)), kernel=params.get("kernel", "rbf"),
+                  gamma=params.get("gamma", "scale"), random_state=seed,
+                  cache_size=float(params.get("cache_size", 500)))
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=int(params.get("calibration_folds", 3)),
+                                      ensemble=False)
+    if model_type == "random_forest":
+        return RandomForestClassifier(
+            n_estimators=int(params.get("n_estimators", 300)), max_depth=params.get("max_depth"),
+            min_samples_leaf=int(params.get("min_samples_leaf", 1)),
+            max_features=params.get("max_features", "sqrt"), n_jobs=int(params.get("n_jobs", 1)),
+            random_state=seed)
+    if model_type == "decision_tree":
+        return DecisionTreeClassifier(max_depth=params.get("max_depth"),
+                                      min_samples_leaf=int(params.get("min_samples_leaf", 1)),
+                                      random_state=seed)
+    if model_type == "mlp":
+        return MLPClassifier(hidden_layer_sizes=tuple(params.get("hidden_layer_sizes", (256, 128))),
+                             alpha=float(params.get("alpha", 1e-3)),
+                             learning_rate_init=float(params.get("learning_rate_init", 1e-3)),
+                             batch_size=int(params.get("batch_size", 200)), random_state=seed)
+    raise ValueError(f"'{model_type}' is not a scikit-learn model type")
+
+
+class SklearnEstimator:
+    def __init__(self, model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
+                 n_classes: int, seed: int):
+        if len(input_shape) != 1:
+            raise ValueError(f"{model_type} needs a tabular input (n, features); got per-row shape {input_shape}")
+        self.model_type = model_type
+        self.params = dict(params)
+        self.input_shape = tuple(input_shape)
+        self.n_classes = n_classes
+        self.seed = seed
+        self.pipeline = Pipeline([("scale", StandardScaler()), ("model", _classifier(model_type, params, seed))])
+
+    @property
+    def flavor_model(self) -> Pipeline:
+        """The object to log with ``mlflow.sklearn`` (scaler included)."""
+        return self.pipeline
+
+    def _check(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.input_shape[0]:
+            raise ValueError(f"{self.model_type}: expected input (n, {self.input_shape[0]}), got {X.shape}")
+        return X
+
+    def fit(self, X, y, X_val=None, y_val=None, class_weight: dict[int, float] | None = None) -> dict[str, list]:
+        X = self._check(X)
+        y = np.asarray(y, dtype=np.int64)
+        sample_weight = None
+        if class_weight:
+            sample_weight = np.array([class_weight.get(int(label), 1.0) for label in y], dtype=np.float64)
+        if self.model_type == "mlp":
+            return self._fit_mlp(X, y, X_val, y_val, sample_weight)
+        self.pipeline.fit(X, y, model__sample_weight=sample_weight)
+        return {}
+
+    def _fit_mlp(self, X, y, X_val, y_val, sample_weight) -> dict[str, list]:
+        scaler: StandardScaler = self.pipeline.named_steps["scale"]
+        mlp: MLPClassifier = self.pipeline.named_steps["model"]
+        X_scaled = scaler.fit_transform(X)
+        mlp.set_params(batch_size=max(1, min(int(self.params.get("batch_size", 200)), len(X))))
+        has_val = X_val is not None and y_val is not None and len(y_val) > 0
+        stop_early = has_val and bool(self.params.get("early_stopping", True))
+        if has_val:
+            X_val_scaled = scaler.transform(self._check(X_val))
+            y_val = np.asarray(y_val, dtype=np.int64)
+        classes = np.arange(self.n_classes)
+        patience = int(self.params.get("patience", 10))
+        history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        best_loss, best_state, epochs_without_gain = np.inf, None, 0
+        for epoch in tqdm(range(int(self.params.get("max_iter", 200))), desc="mlp epochs", unit="epoch", leave=False):
+            mlp.partial_fit(X_scaled, y, sample_weight=sample_weight, classes=classes)
+            train_proba = mlp.predict_proba(X_scaled)
+            history["epoch"].append(epoch)
+            history["loss"].append(float(log_loss(y, train_proba, labels=classes)))
+            history["accuracy"].append(float(np.mean(train_proba.argmax(1) == y)))
+            if not has_val:
+                history["val_loss"].append(float("nan"))
+                history["val_accuracy"].append(float("nan"))
+                continue
+            val_proba = mlp.predict_proba(X_val_scaled)
+            val_loss = float(log_loss(y_val, val_proba, labels=classes))
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(float(np.mean(val_proba.argmax(1) == y_val)))
+            if val_loss < best_loss - 1e-4:
+                best_loss, best_state, epochs_without_gain = val_loss, copy.deepcopy(mlp), 0
+            else:
+                epochs_without_gain += 1
+                if stop_early and epochs_without_gain >= patience:
+                    break
+        if stop_early and best_state is not None:
+            self.pipeline.steps[-1] = ("model", best_state)
+        return history
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = self._check(X)
+        partial = self.pipeline.predict_proba(X)
+        # A class absent from the training rows gets probability 0 instead of shifting columns.
+        probabilities = np.zeros((len(X), self.n_classes), dtype=np.float64)
+        probabilities[:, self.pipeline.classes_.astype(int)] = partial
+        return probabilities
+
+    def save(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.pipeline, folder / "pipeline.joblib")
+        meta = {"model_type": self.model_type, "params": self.params, "input_shape": list(self.input_shape),
+                "n_classes": self.n_classes, "seed": self.seed}
+        (folder / "estimator.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "SklearnEstimator":
+        folder = Path(folder)
+        meta = json.loads((folder / "estimator.json").read_text(encoding="utf-8"))
+        estimator = cls(meta["model_type"], meta["params"], tuple(meta["input_shape"]), meta["n_classes"], meta["seed"])
+        estimator.pipeline = joblib.load(folder / "pipeline.joblib")
+        return estimator
+
+
+def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
+          seed: int) -> SklearnEstimator:
+    return SklearnEstimator(model_type, params, input_shape, n_classes, seed)
+
+
+def load(model_type: str, folder: str | os.PathLike) -> SklearnEstimator:
+    estimator = SklearnEstimator.load(folder)
+    if estimator.model_type != model_type:
+        raise ValueError(f"{folder}: holds a '{estimator.model_type}' estimator, not '{model_type}'")
+    return estimator

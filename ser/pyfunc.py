@@ -1,0 +1,295 @@
+"""The served model: an MLflow pyfunc that takes audio, not features.
+
+``AudioEmotionModel`` wraps a :class:`~ser.models.bundle.ModelBundle` (an artifact of the
+MLflow model) in a :class:`~ser.predict.Predictor`. Its input is a DataFrame with a column
+``audio`` (encoded WAV/FLAC/... bytes; base64 strings in JSON payloads) or a column ``path``;
+its output has one row per input: ``label``, ``p_<class>`` per class, ``duration_s`` and
+``n_windows``. With the param ``windows=true`` it returns every window's prediction too (see
+:meth:`AudioEmotionModel.predict`).
+
+Bad input (over ``serve.max_bytes``, bytes that are not audio, empty audio) raises an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve`` answers with
+HTTP 400 and the message, and keeps serving.
+
+``ser`` itself travels inside the model (``code_paths``), so ``mlflow models serve -m
+models:/ser-emotion/latest --env-manager local`` works from any folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import threading
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+# opensmile before anything that may pull in tensorflow (see docs/ARCHITECTURE.md).
+import ser.features  # noqa: F401  (import order: opensmile first)
+
+import mlflow
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from ser.audio import AudioError
+from ser.predict import (DEFAULT_HOP_S, DEFAULT_WINDOW_S, Prediction, Predictor, audio_error_message,
+                         load_bundle_predictor, project_section)
+from ser.tracking import tracking_uri
+
+BUNDLE_ARTIFACT = "bundle"
+DEFAULT_MAX_BYTES = 10_000_000
+DEFAULT_REGISTERED_MODEL = "ser-emotion"
+AGGREGATE_WINDOW = -1  # the ``window`` value of a recording's aggregate row in windows=true output
+
+# What the model needs at serving time; versions are pinned to what trained it.
+RUNTIME_PACKAGES = ("mlflow", "numpy", "pandas", "scipy", "soundfile", "soxr", "librosa", "opensmile",
+                    "scikit-learn", "pyyaml", "tqdm", "keras", "tensorflow-cpu")
+
+
+def invalid_input(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class AudioEmotionModel(mlflow.pyfunc.PythonModel):
+    """Audio in, emotion label and class probabilities out (see the module docstring)."""
+
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        self.window_s = float(window_s)
+        self.hop_s = float(hop_s)
+        self.max_bytes = int(max_bytes)
+        self.predictor: Predictor | None = None
+
+    def load_context(self, context) -> None:
+        self.predictor = Predictor.from_bundle_dir(context.artifacts[BUNDLE_ARTIFACT],
+                                                   window_s=self.window_s, hop_s=self.hop_s)
+        # The scoring server runs requests in threads; feature extractors are not all re-entrant.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        state["predictor"] = None  # the bundle is an artifact, never pickled into the model
+        return state
+
+    @property
+    def classes(self) -> list[str]:
+        return self._ready().classes
+
+    def _ready(self) -> Predictor:
+        if self.predictor is None:
+            raise MlflowException("AudioEmotionModel used before load_context (load it with mlflow.pyfunc.load_model)")
+        return self.predictor
+
+    # ---- input ---------------------------------------------------------------------------
+    def _payload(self, value: Any, row: int) -> bytes:
+        if isinstance(value, str):
+            try:
+                value = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise invalid_input(f"row {row}: column 'audio' holds a string that is not base64-encoded "
+                                    "audio; send the file's bytes base64-encoded") from None
+        if isinstance(value, (bytearray, memoryview, np.bytes_)):
+            value = bytes(value)
+        if not isinstance(value, bytes):
+            raise invalid_input(f"row {row}: column 'audio' must hold encoded audio bytes "
+                                f"(base64 in JSON), got {type(value).__name__}")
+        if len(value) > self.max_bytes:
+            raise invalid_input(f"row {row}: audio payload is {len(value)} bytes, over the limit of "
+                                f"{self.max_bytes} bytes (serve.max_bytes)")
+        return value
+
+    def _source(self, record: dict[str, Any], row: int) -> tuple[Any, str]:
+        audio = record.get("audio")
+        if audio is not None and not (isinstance(audio, float) and np.isnan(audio)):
+            return self._payload(audio, row), f"row {row}"
+        path = record.get("path")
+        if isinstance(path, str) and path:
+            # No size limit here: serve.max_bytes bounds what a client sends, and a path sends
+            # nothing (a 10-minute recording on disk is fine).
+            return path, path
+        raise invalid_input(f"row {row}: give the clip in column 'audio' (encoded bytes, base64 in JSON) "
+                            "or column 'path'")
+
+    @staticmethod
+    def _records(model_input: Any) -> list[dict[str, Any]]:
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame({k: list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+                                        for k, v in model_input.items()})
+        if not isinstance(model_input, pd.DataFrame):
+            raise invalid_input(f"expected a DataFrame with a column 'audio' or 'path', got {type(model_input).__name__}")
+        if not ({"audio", "path"} & set(model_input.columns)):
+            raise invalid_input(f"expected a column 'audio' or 'path'; got columns {list(model_input.columns)}")
+        if len(model_input) == 0:
+            raise invalid_input("no clips in the request (0 rows)")
+        return model_input.to_dict(orient="records")
+
+    # ---- prediction ------------------------------------------------------------------------
+    def predict_records(self, model_input: Any) -> list[Prediction]:
+        predictor = self._ready()
+        predictions = []
+        for row, record in enumerate(self._records(model_input)):
+            source, name = self._source(record, row)
+            try:
+                with self._lock:
+                    predictions.append(predictor.predict_source(source, name))
+            except AudioError as exc:
+                raise invalid_input(audio_error_message(exc, name)) from None
+        return predictions
+
+    def predict(self, context, model_input, params=None):
+        """One row per clip: ``label``, ``p_<class>``, ``duration_s``, ``n_windows``.
+
+        With ``params={"windows": true}``: long format, one row per window of each clip plus an
+        aggregate row (``window == -1``), with columns ``row``, ``window``, ``start_s``,
+        ``end_s``, ``label`` and ``p_<class>``.
+        """
+        predictions = self.predict_records(model_input)
+        classes = self.classes
+        if (params or {}).get("windows"):
+            return windows_frame(predictions, classes)
+        return aggregate_frame(predictions, classes)
+
+
+def _probability_columns(probabilities: dict[str, float], classes: list[str]) -> dict[str, float]:
+    return {f"p_{name}": float(probabilities[name]) for name in classes}
+
+
+def aggregate_frame(predictions: list[Prediction], classes: list[str]) -> pd.DataFrame:
+    rows = [{"label": p.label, **_probability_columns(p.probabilities, classes),
+             "duration_s": float(p.duration_s or 0.0), "n_windows": len(p.windows)} for p in predictions]
+    return pd.DataFrame(rows, columns=["label", *[f"p_{c}" for c in classes], "duration_s", "n_windows"])
+
+
+def windows_frame(predictions: list[Prediction], classes: list[str]) -> pd.DataFrame:
+    rows = []
+    for row, prediction in enumerate(predictions):
+        for index, window in enumerate(prediction.windows):
+            rows.append({"row": row, "window": index, "start_s": window.start_s, "end_s": window.end_s,
+                         "label": window.label, **_probability_columns(window.probabilities, classes)})
+        rows.append({"row": row, "window": AGGREGATE_WINDOW, "start_s": 0.0,
+                     "end_s": float(prediction.duration_s or 0.0), "label": prediction.label,
+                     **_probability_columns(prediction.probabilities, classes)})
+    return pd.DataFrame(rows)
+
+
+# ---- logging -----------------------------------------------------------------------------------
+def signature_for(classes: list[str]) -> ModelSignature:
+    inputs = Schema([ColSpec("binary", "audio", required=False), ColSpec("string", "path", required=False)])
+    outputs = Schema([ColSpec("string", "label"), *[ColSpec("double", f"p_{c}") for c in classes],
+                      ColSpec("double", "duration_s"), ColSpec("long", "n_windows")])
+    params = ParamSchema([ParamSpec("windows", "boolean", False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def example_clip(sample_rate: int = 16000, seconds: float = 1.0) -> bytes:
+    """A short voiced-like WAV (a glide with harmonics): the logged model's input example."""
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    f0 = 140.0 + 40.0 * t / seconds
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    y = sum(np.sin(k * phase) / k for k in (1, 2, 3, 4))
+    y = (0.4 * y / np.max(np.abs(y)) * np.hanning(len(t)) ** 0.3).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, y, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def pip_requirements() -> list[str]:
+    pins = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={importlib_metadata.version(package)}")
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def _model_arguments(bundle_dir: str | os.PathLike, predict_params: dict[str, Any] | None,
+                     serve_params: dict[str, Any] | None, max_bytes: int | None) -> dict[str, Any]:
+    from ser.models.bundle import ModelBundle
+
+    bundle_dir = Path(bundle_dir)
+    bundle = ModelBundle.load(bundle_dir)  # fail here, not at serving time, on a broken bundle
+    predict_params = predict_params if predict_params is not None else project_section("predict")
+    serve_params = serve_params if serve_params is not None else project_section("serve")
+    python_model = AudioEmotionModel(
+        window_s=predict_params.get("window_s", DEFAULT_WINDOW_S),
+        hop_s=predict_params.get("hop_s", DEFAULT_HOP_S),
+        max_bytes=max_bytes if max_bytes is not None else serve_params.get("max_bytes", DEFAULT_MAX_BYTES),
+    )
+    return {
+        "python_model": python_model,
+        "artifacts": {BUNDLE_ARTIFACT: str(bundle_dir)},
+        "code_paths": [str(Path(__file__).resolve().parent)],
+        "signature": signature_for(bundle.classes),
+        "input_example": pd.DataFrame({"audio": [example_clip(int(bundle.audio["sample_rate"]))]}),
+        "pip_requirements": pip_requirements(),
+    }
+
+
+def log_model(bundle_dir: str | os.PathLike, registered_model_name: str | None = None, name: str = "model",
+              predict_params: dict[str, Any] | None = None, serve_params: dict[str, Any] | None = None,
+              max_bytes: int | None = None, **kwargs: Any):
+    """Log a ModelBundle folder as the audio-in pyfunc model (to the active run, if any).
+
+    ``predict_params``/``serve_params`` default to the ``predict:``/``serve:`` sections of the
+    project's params.yaml; ``max_bytes`` overrides ``serve.max_bytes``. Extra keyword arguments
+    go to :func:`mlflow.pyfunc.log_model`. Returns its ``ModelInfo``.
+    """
+    arguments = _model_arguments(bundle_dir, predict_params, serve_params, max_bytes)
+    return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **arguments, **kwargs)
+
+
+def save_model(bundle_dir: str | os.PathLike, path: str | os.PathLike,
+               predict_params: dict[str, Any] | None = None, serve_params: dict[str, Any] | None = None,
+               max_bytes: int | None = None, **kwargs: Any) -> Path:
+    """Write the same pyfunc model to a local folder (e.g. ``data/train/model``)."""
+    arguments = _model_arguments(bundle_dir, predict_params, serve_params, max_bytes)
+    mlflow.pyfunc.save_model(path=str(path), **arguments, **kwargs)
+    return Path(path)
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def load_predictor(model: str | os.PathLike | None = None, registered_model: str | None = None) -> tuple[Predictor, str]:
+    """A Predictor and a description of where it came from.
+
+    ``model`` is a local ModelBundle folder, a local MLflow model folder, or an MLflow model URI;
+    ``None`` means the latest version of the registered model (``mlflow.registered_model`` in
+    params.yaml, else ``ser-emotion``) in the project's tracking store.
+    """
+    if model is not None and Path(model).is_dir():
+        folder = Path(model)
+        if (folder / "bundle.json").is_file():
+            return load_bundle_predictor(folder), f"bundle {folder}"
+        if (folder / "MLmodel").is_file():
+            return _unwrap(mlflow.pyfunc.load_model(str(folder))), f"MLflow model {folder}"
+        raise ValueError(f"{folder}: neither an MLflow model folder (no MLmodel) nor a model bundle (no bundle.json)")
+    uri = str(model) if model is not None else None
+    if uri is None:
+        name = registered_model or project_section("mlflow").get("registered_model") or DEFAULT_REGISTERED_MODEL
+        uri = f"models:/{name}/latest"
+    store = tracking_uri()
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)  # models:/ and runs:/ URIs resolve against the project's store
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise ValueError(f"cannot load model '{uri}' from {store}: {exc.message}. "
+                         "Train one first (dvc repro) or pass --model") from None
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return _unwrap(loaded), f"MLflow model {uri}"
+
+
+def _unwrap(loaded) -> Predictor:
+    python_model = loaded.unwrap_python_model()
+    if not isinstance(python_model, AudioEmotionModel):
+        raise ValueError(f"the model is a {type(python_model).__name__}, not ser's AudioEmotionModel")
+    return python_model._ready()

@@ -1,0 +1,36 @@
+"""Stage ``augment``: metadata -> data/augmented (features of augmented copies + index.parquet)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# One BLAS thread per worker process: the pool already uses every core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from ser.augment import compute_augmented  # noqa: E402
+from ser.config import section  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metadata", required=True, help="data/interim/metadata.parquet")
+    parser.add_argument("--out", required=True, help="output folder, e.g. data/augmented")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    summary = compute_augmented(pd.read_parquet(args.metadata), args.out, section("audio", args.params),
+                                section("features", args.params), section("augment", args.params))
+    print(f"augment: {summary['clips']} copies ({summary['copies']} per clip) written to {args.out} "
+          f"({summary['computed']} computed, {summary['from_cache']} from cache, "
+          f"{summary['failed']} failed -> {args.out}/failures.parquet)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

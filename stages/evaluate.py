@@ -1,0 +1,32 @@
+"""Evaluate stage: metrics/evaluate.json and metrics/plots/* from the out-of-fold predictions.
+
+Reads the split, train and mlflow sections of params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ser.config import section
+from ser.evaluate import evaluate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metadata", type=Path, help="(dependency only; the predictions carry what is needed)")
+    parser.add_argument("--train", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--plots", required=True, type=Path)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+    split = section("split", args.params)
+    summary = evaluate(args.train, args.metrics, args.plots, protocol=split.get("protocol"))
+    shown = {k: round(summary[k], 4) for k in ("uar", "accuracy", "macro_f1")}
+    print(json.dumps({"protocol": summary["protocol"], **shown,
+                      "per_corpus_uar": {c: round(v["uar"], 4) for c, v in summary.get("per_corpus", {}).items()}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Shared by the prediction, serving, web and report tests: the mirror, real clips, a small model.
+
+Clips come from the ``real_mirror`` fixture (tests/conftest.py), which fails when the corpora
+are missing. The small model is a real ModelBundle (an SVM on functionals + eGeMAPS) trained on a few dozen
+real RAVDESS clips, so these tests exercise the same code a trained pipeline model does without
+depending on the full pipeline having run. It is trained once per test session.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
+                    "07": "disgust", "08": "surprised"}
+TRAIN_ACTORS = (1, 2, 3, 4)
+_TRAINED: dict[str, Path] = {}
+
+
+def ravdess_clip(mirror: Path, actor: int, emotion: str = "05", intensity: str = "02", statement: str = "01",
+                 repetition: str = "01") -> Path:
+    if emotion == "01":
+        intensity = "01"  # neutral has no strong intensity
+    path = mirror / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{emotion}-{intensity}-{statement}-{repetition}-{actor:02d}.flac"
+    assert path.is_file(), f"missing RAVDESS clip {path}"
+    return path
+
+
+def project_params() -> dict:
+    from ser.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def train_small_bundle(mirror: Path, folder: Path) -> Path:
+    """An SVM ModelBundle on 32 real RAVDESS clips (4 actors x 8 emotions, strong, statement 1)."""
+    key = str(folder)
+    if key in _TRAINED and (folder / "bundle.json").is_file():
+        return folder
+    from ser.audio import load_audio
+    from ser.models import MODELS
+    from ser.models.bundle import ModelBundle
+
+    params = project_params()
+    classes = list(RAVDESS_EMOTIONS.values())
+    clips, labels = [], []
+    for actor in TRAIN_ACTORS:
+        for code, emotion in RAVDESS_EMOTIONS.items():
+            clips.append(load_audio(ravdess_clip(mirror, actor, code), params["audio"]))
+            labels.append(classes.index(emotion))
+    bundle = ModelBundle(model_type="svm", classes=classes, feature_input="both", audio=params["audio"],
+                         features=params["features"], estimator=None)
+    inputs = bundle.inputs_from_signals(clips)  # the features a served clip will get, by the same code
+    bundle.estimator = MODELS["svm"]({"C": 10.0, "kernel": "rbf", "gamma": "scale"}, inputs.shape[1:], len(classes), 0)
+    bundle.estimator.fit(inputs, np.asarray(labels))
+    bundle.save(folder)
+    _TRAINED[key] = folder
+    return folder
+
+
+def shared_bundle_dir(tmp_path_factory) -> Path:
+    """One folder per test session, whichever test module asks first."""
+    return tmp_path_factory.getbasetemp() / "serve_small_bundle"
+
+
+def wav_bytes(y: np.ndarray, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(y, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def long_recording(mirror: Path, seconds: float, sample_rate: int = 16000) -> np.ndarray:
+    """Real speech of about ``seconds``: RAVDESS clips of an unseen actor, back to back."""
+    from ser.audio import decode, resample, to_mono
+
+    pieces, total = [], 0
+    codes = list(RAVDESS_EMOTIONS)
+    index = 0
+    while total < seconds * sample_rate:
+        samples, rate = decode(ravdess_clip(mirror, 10, codes[index % len(codes)], repetition=f"0{1 + index // 8 % 2}"))
+        piece = resample(to_mono(samples), rate, sample_rate)
+        pieces.append(piece)
+        total += piece.size
+        index += 1
+    return np.concatenate(pieces)[: int(seconds * sample_rate)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} within {timeout_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "2", **extra})
+    return env

@@ -1,0 +1,157 @@
+"""The model registry and ModelBundle: every family trains on a tiny generated feature set,
+predicts the right shapes, and survives save/load; a bundle goes from signals to probabilities
+through the real feature code."""
+
+from __future__ import annotations
+
+import json
+
+import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
+
+import numpy as np
+import pytest
+
+from ser.models import (FEATURE_DEFAULTS, KERAS_TYPES, MODEL_TYPES, MODELS, SKLEARN_TYPES, ModelBundle,
+                        load_estimator, resolve_feature_input)
+
+TINY_PARAMS = {"epochs": 3, "batch_size": 16, "filters": [4, 8], "units": [8], "dense_units": 8, "patience": 2,
+               "max_iter": 8, "n_estimators": 15, "hidden_layer_sizes": [16], "time_pool": 2}
+N_CLASSES = 3
+
+
+def separable_rows(shape: tuple[int, ...], per_class: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(N_CLASSES), per_class)
+    X = rng.normal(size=(len(y), *shape)).astype(np.float32)
+    X += (y * 2.0).reshape(-1, *([1] * len(shape))).astype(np.float32)
+    return X, y
+
+
+def input_shape_for(model_type: str) -> tuple[int, ...]:
+    return (24, 6) if model_type in KERAS_TYPES else (10,)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_every_model_type_trains_predicts_and_round_trips(model_type, tmp_path):
+    shape = input_shape_for(model_type)
+    X, y = separable_rows(shape)
+    estimator = MODELS[model_type](TINY_PARAMS, shape, N_CLASSES, 7)
+    history = estimator.fit(X, y, X[::4], y[::4], class_weight={0: 1.0, 1: 2.0, 2: 1.0})
+    probabilities = estimator.predict_proba(X[:9])
+    assert probabilities.shape == (9, N_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert (probabilities >= 0).all()
+    if model_type in KERAS_TYPES or model_type == "mlp":
+        assert {"loss", "val_loss"} <= set(history) and 1 <= len(history["loss"]) <= TINY_PARAMS["max_iter"]
+    else:
+        assert history == {}
+    estimator.save(tmp_path / "estimator")
+    again = load_estimator(model_type, tmp_path / "estimator")
+    np.testing.assert_allclose(again.predict_proba(X[:9]), probabilities, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["svm", "random_forest", "mlp"])
+def test_sklearn_models_learn_a_separable_problem(model_type):
+    X, y = separable_rows((10,), per_class=30)
+    X_test, y_test = separable_rows((10,), per_class=10, seed=1)
+    estimator = MODELS[model_type]({**TINY_PARAMS, "max_iter": 50}, (10,), N_CLASSES, 0)
+    estimator.fit(X, y)
+    accuracy = np.mean(estimator.predict_proba(X_test).argmax(axis=1) == y_test)
+    assert accuracy > 0.9
+
+
+def test_a_class_missing_from_training_keeps_its_column():
+    X, y = separable_rows((10,))
+    keep = y != 1
+    estimator = MODELS["decision_tree"]({}, (10,), N_CLASSES, 0)
+    estimator.fit(X[keep], y[keep])
+    probabilities = estimator.predict_proba(X)
+    assert probabilities.shape == (len(X), N_CLASSES)
+    assert np.all(probabilities[:, 1] == 0)
+
+
+def test_same_seed_same_predictions():
+    X, y = separable_rows((20, 5))
+    first = MODELS["cnn1d"](TINY_PARAMS, (20, 5), N_CLASSES, 3)
+    first.fit(X, y, X[::3], y[::3])
+    second = MODELS["cnn1d"](TINY_PARAMS, (20, 5), N_CLASSES, 3)
+    second.fit(X, y, X[::3], y[::3])
+    np.testing.assert_allclose(first.predict_proba(X), second.predict_proba(X), atol=1e-6)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    estimator = MODELS["svm"]({}, (10,), N_CLASSES, 0)
+    with pytest.raises(ValueError, match=r"expected input \(n, 10\)"):
+        estimator.fit(np.zeros((6, 4), np.float32), np.arange(6) % 3)
+    with pytest.raises(ValueError, match="tabular input"):
+        MODELS["svm"]({}, (20, 4), N_CLASSES, 0)
+
+
+def test_feature_input_resolution():
+    assert set(FEATURE_DEFAULTS) == set(MODEL_TYPES)
+    for model_type in SKLEARN_TYPES:
+        assert resolve_feature_input(model_type, "auto") == "both"
+        assert resolve_feature_input(model_type, "egemaps") == "egemaps"
+        with pytest.raises(ValueError, match="tabular"):
+            resolve_feature_input(model_type, "sequences")
+    assert resolve_feature_input("cnn2d", "auto", {"input": "logmel"}) == "logmel"
+    assert resolve_feature_input("lstm", "sequences", {"input": "fbank"}) == "fbank"
+    assert resolve_feature_input("gru", "auto") == "mfcc"
+    with pytest.raises(ValueError, match="unknown model type"):
+        resolve_feature_input("transformer", "auto")
+    with pytest.raises(ValueError, match="unknown model.features"):
+        resolve_feature_input("svm", "spectrogram")
+
+
+# ---- ModelBundle on real features of generated audio ------------------------------------------
+AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "peak", "peak_level": 0.95,
+         "loudness_lufs": -23.0, "max_seconds": 0.5}
+FEATURES = {"sets": ["functionals", "egemaps", "sequences"], "n_mfcc": 13, "n_mels": 24, "n_fbank": 16,
+            "n_fft": 512, "win_length": 400, "hop_length": 160, "contrast_fmin": 100.0, "contrast_bands": 4}
+
+
+def tone_signals(per_class: int = 6, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Harmonic tones whose pitch depends on the class, with a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(0.5 * AUDIO["sample_rate"])) / AUDIO["sample_rate"]
+    signals, labels = [], []
+    for label, f0 in enumerate((120.0, 220.0, 380.0)):
+        for _ in range(per_class):
+            pitch = f0 * rng.uniform(0.95, 1.05)
+            y = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in (1, 2, 3)) + 0.02 * rng.normal(size=t.size)
+            signals.append((0.9 * y / np.max(np.abs(y))).astype(np.float32))
+            labels.append(label)
+    return signals, np.array(labels)
+
+
+@pytest.mark.parametrize(("model_type", "feature_input"), [("svm", "both"), ("cnn1d", "mfcc")])
+def test_bundle_from_signals_to_probabilities(model_type, feature_input, tmp_path):
+    signals, labels = tone_signals()
+    probe = ModelBundle(model_type, ["low", "mid", "high"], feature_input, AUDIO, FEATURES, estimator=None)
+    X = probe.inputs_from_signals(signals)
+    assert X.shape[0] == len(signals)
+    estimator = MODELS[model_type](TINY_PARAMS | {"epochs": 20}, X.shape[1:], 3, 0)
+    estimator.fit(X, labels)
+    names = [f"f{i}" for i in range(X.shape[1])] if feature_input == "both" else []
+    bundle = ModelBundle(model_type, ["low", "mid", "high"], feature_input, AUDIO, FEATURES, estimator, names)
+    bundle.save(tmp_path / "bundle")
+    described = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert described["classes"] == ["low", "mid", "high"] and described["audio"] == AUDIO
+
+    loaded = ModelBundle.load(tmp_path / "bundle")
+    test_signals, test_labels = tone_signals(per_class=2, seed=5)
+    probabilities = loaded.predict_proba_signals(test_signals)
+    assert probabilities.shape == (len(test_signals), 3)
+    np.testing.assert_allclose(probabilities, bundle.predict_proba(bundle.inputs_from_signals(test_signals)), atol=1e-5)
+    if model_type == "svm":
+        assert loaded.predict_signals(test_signals) == [["low", "mid", "high"][i] for i in test_labels]
+
+
+def test_bundle_rejects_bad_signals_and_folders(tmp_path):
+    bundle = ModelBundle("svm", ["a", "b"], "egemaps", AUDIO, FEATURES, estimator=None)
+    with pytest.raises(ValueError, match="signal 1: expected a non-empty 1-D array"):
+        bundle.inputs_from_signals([np.zeros(800, np.float32), np.zeros(0, np.float32)])
+    with pytest.raises(FileNotFoundError, match="not a model bundle"):
+        ModelBundle.load(tmp_path)
+    with pytest.raises(ValueError, match="unknown feature_input"):
+        ModelBundle("svm", ["a", "b"], "wav2vec", AUDIO, FEATURES, estimator=None)

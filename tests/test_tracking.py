@@ -1,0 +1,123 @@
+"""MLflow: after a small real run (real features of generated audio), the store holds the parent
+run with its params, tags, metrics and nested fold runs; evaluate adds its metrics to the same
+run; the estimator (sklearn flavor) and the registered audio-in model load and predict."""
+
+from __future__ import annotations
+
+import io
+
+import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from mlflow.tracking import MlflowClient
+
+from ser import tracking
+from ser.evaluate import evaluate
+from ser.features import extract
+from ser.train import ModelInputs, train
+
+AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "peak", "peak_level": 0.95,
+         "loudness_lufs": -23.0, "max_seconds": 0.5}
+FEATURES = {"sets": ["functionals", "egemaps"], "n_mfcc": 13, "n_mels": 24, "n_fbank": 16, "n_fft": 512,
+            "win_length": 400, "hop_length": 160, "contrast_fmin": 100.0, "contrast_bands": 4}
+PITCH = {"angry": 330.0, "neutral": 120.0, "sad": 200.0}
+
+
+def tone(f0: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.5 * AUDIO["sample_rate"])) / AUDIO["sample_rate"]
+    pitch = f0 * rng.uniform(0.95, 1.05)
+    y = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in (1, 2, 3)) + 0.02 * rng.normal(size=t.size)
+    return (0.9 * y / np.max(np.abs(y))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tracking")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    patch.setenv("DVC_EXP_NAME", "exp-under-test")
+    rng = np.random.default_rng(0)
+    rows, signals = [], []
+    for speaker in range(4):
+        for emotion, f0 in PITCH.items():
+            for take in range(3):
+                rows.append({"utterance_id": f"gen_{speaker}_{emotion}_{take}", "corpus": "gen",
+                             "speaker": f"gen_{speaker}", "gender": "female" if speaker % 2 else "male",
+                             "emotion": emotion, "duplicate_of": None, "status": "ok",
+                             "pcm_sha256": f"{speaker}{emotion}{take}"})
+                signals.append(tone(f0, rng))
+    metadata = pd.DataFrame(rows)
+    X = np.stack([np.concatenate([(e := extract(y, FEATURES, ["functionals", "egemaps"], AUDIO))["functionals"],
+                                  e["egemaps"]]) for y in signals]).astype(np.float32)
+    params = {"audio": AUDIO, "features": FEATURES,
+              "split": {"protocol": "speaker_kfold", "n_folds": 2, "val_speakers_fraction": 0.0, "seed": 0},
+              "train": {"target": "emotion", "emotions": None, "use_augmented": False, "class_weight": "balanced",
+                        "seed": 0},
+              "model": {"type": "svm", "features": "auto", "svm": {"C": 10.0, "kernel": "rbf", "gamma": "scale"}},
+              "mlflow": {"experiment": "ser-tracking-test", "registered_model": "ser-emotion-test"}}
+    inputs = ModelInputs(metadata["utterance_id"].tolist(), X, [f"v{i}" for i in range(X.shape[1])])
+    result = train(metadata, inputs, None, params, folder / "train", logged_params={**params, "extra": {"note": 1}})
+    evaluate(folder / "train", folder / "evaluate.json", folder / "plots")
+    yield result, folder, params
+    patch.undo()
+
+
+def test_store_holds_the_run_params_tags_metrics_and_folds(tracked_run):
+    result, folder, params = tracked_run
+    assert tracking.read_run_file(folder / "train")["run_id"] == result.run_id
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    run = client.get_run(result.run_id)
+    assert run.data.params["model.type"] == "svm" and run.data.params["extra.note"] == "1"
+    assert run.data.params["features.sets"] == '["functionals", "egemaps"]'
+    assert run.data.tags["dvc_exp_name"] == "exp-under-test"
+    assert len(run.data.tags["git_commit"]) >= 7 and len(run.data.tags["data_hash"]) == 16
+    for name in ("cv_uar_mean", "cv_accuracy_std", "uar", "accuracy", "macro_f1", "uar_fold_mean"):
+        assert name in run.data.metrics, name
+    assert run.data.metrics["uar"] > 0.9  # three well-separated pitches
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
+    assert all("uar" in c.data.metrics for c in children)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"plots", "classification_report.txt", "evaluate.json", "train_info.json"} <= artifacts
+
+
+def test_logged_estimator_and_registered_audio_model_load_and_predict(tracked_run):
+    result, folder, params = tracked_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    logged = {m.name: m for m in client.search_logged_models([client.get_run(result.run_id).info.experiment_id])}
+    assert {"estimator", "audio_model"} <= set(logged)
+    estimator = mlflow.sklearn.load_model(f"models:/{logged['estimator'].model_id}")
+    bundle = result.bundle
+    rng = np.random.default_rng(9)
+    signals = [tone(PITCH[e], rng) for e in ("angry", "neutral", "sad")]
+    inputs = bundle.inputs_from_signals(signals)
+    np.testing.assert_allclose(estimator.predict_proba(inputs), bundle.predict_proba(inputs), atol=1e-6)
+    info = mlflow.models.get_model_info(f"models:/{logged['estimator'].model_id}")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, inputs.shape[1]]
+    assert info.saved_input_example_info is not None
+
+    versions = client.search_model_versions("name = 'ser-emotion-test'")
+    assert len(versions) == 1 and versions[0].run_id == result.run_id
+    served = mlflow.pyfunc.load_model("models:/ser-emotion-test/latest")
+    clips = []
+    for y in signals:
+        buffer = io.BytesIO()
+        sf.write(buffer, y, AUDIO["sample_rate"], format="WAV")
+        clips.append(buffer.getvalue())
+    predicted = served.predict(pd.DataFrame({"audio": clips}))
+    assert list(predicted["label"]) == ["angry", "neutral", "sad"]
+
+
+def test_tracking_uri_defaults_to_the_repo_store(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.artifact_location() == (tmp_path.resolve() / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri() == "http://tracking.example:5000" and tracking.artifact_location() is None
