@@ -55,7 +55,10 @@ MODELS: dict[str, Callable[..., Any]] = {t: _factory(t) for t in MODEL_TYPES}
 
 
 def load_estimator(model_type: str, folder) -> Any:
-    return _module_for(model_type).load(model_type, folder)
+    estimator = _module_for(model_type).load(folder)
+    if estimator.model_type != model_type:
+        raise ValueError(f"{folder}: holds a '{estimator.model_type}' estimator, not '{model_type}'")
+    return estimator
 
 
 def is_keras(model_type: str) -> bool:

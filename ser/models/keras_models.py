@@ -214,8 +214,5 @@ def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
     return KerasEstimator(model_type, params, input_shape, n_classes, seed)
 
 
-def load(model_type: str, folder: str | os.PathLike) -> KerasEstimator:
-    estimator = KerasEstimator.load(folder)
-    if estimator.model_type != model_type:
-        raise ValueError(f"{folder}: holds a '{estimator.model_type}' estimator, not '{model_type}'")
-    return estimator
+def load(folder: str | os.PathLike) -> KerasEstimator:
+    return KerasEstimator.load(folder)

@@ -159,8 +159,5 @@ def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
     return SklearnEstimator(model_type, params, input_shape, n_classes, seed)
 
 
-def load(model_type: str, folder: str | os.PathLike) -> SklearnEstimator:
-    estimator = SklearnEstimator.load(folder)
-    if estimator.model_type != model_type:
-        raise ValueError(f"{folder}: holds a '{estimator.model_type}' estimator, not '{model_type}'")
-    return estimator
+def load(folder: str | os.PathLike) -> SklearnEstimator:
+    return SklearnEstimator.load(folder)
