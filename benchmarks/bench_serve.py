@@ -20,8 +20,6 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import requests
 import soundfile as sf
+
+from ser.serve.local import ServerError, free_port, stop_process_group, wait_until_answering
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_SECONDS = 3.0
@@ -106,12 +106,6 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[str, str]:
     return model, f"MLflow model {model}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model_uri: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHONWARNINGS": "ignore"}
@@ -119,28 +113,12 @@ def start_server(model_uri: str, port: int, workers: int, log_path: Path) -> sub
     server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
                                "--host", "127.0.0.1", "-p", str(port), "-w", str(workers)],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"mlflow models serve exited ({server.returncode}); see {log_path}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    stop_server(server)
-    raise SystemExit(f"mlflow models serve did not answer within 180 s; see {log_path}")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+    try:
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, timeout_s=180)
+    except ServerError as exc:
+        stop_process_group(server)
+        raise SystemExit(f"mlflow models serve: {exc}; see {log_path}") from None
+    return server
 
 
 def timed_post(session: requests.Session, url: str, body: str) -> float:
@@ -221,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["load"].append(bench_load(url, body, clients, args.per_client))
                 print(f"load: {results['load'][-1]}", file=sys.stderr)
         finally:
-            stop_server(server)
+            stop_process_group(server)
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")

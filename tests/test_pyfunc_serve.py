@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.serve_support import (PYTHON, REPO, free_port, long_recording, ravdess_clip, shared_bundle_dir,
-                                 subprocess_env, train_small_bundle, wait_for_http, wav_bytes)
+from tests.serve_support import (PYTHON, REPO, long_recording, ravdess_clip, shared_bundle_dir,
+                                 subprocess_env, train_small_bundle, wav_bytes)
+from ser.serve.local import free_port, stop_process_group, wait_until_answering
 
 REGISTERED = "ser-emotion"
 MAX_BYTES = 400_000  # small, so the oversized payload of the test stays small
@@ -111,7 +111,7 @@ def test_mlflow_models_serve_answers_good_and_bad_payloads(tracking_uri, served_
          "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server)
         url = f"http://127.0.0.1:{port}/invocations"
         clip = ravdess_clip(real_mirror, 22, "06").read_bytes()
 
@@ -142,11 +142,5 @@ def test_mlflow_models_serve_answers_good_and_bad_payloads(tracking_uri, served_
         assert again.status_code == 200 and again.json()["predictions"][0]["label"] == answer["label"]
         assert server.poll() is None
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # uvicorn runs as a child of the mlflow CLI
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
+        stop_process_group(server)
         log.close()

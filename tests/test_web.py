@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.serve_support import (PYTHON, REPO, free_port, ravdess_clip, shared_bundle_dir, subprocess_env,
-                                 train_small_bundle, wait_for_http, wav_bytes)
+from tests.serve_support import (PYTHON, REPO, ravdess_clip, shared_bundle_dir, subprocess_env,
+                                 train_small_bundle, wav_bytes)
+from ser.serve.local import free_port, stop_process_group, wait_until_answering
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -51,12 +51,10 @@ def site(real_mirror, tmp_path_factory):
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{base}/api/info", server)
+        wait_until_answering(f"{base}/api/info", server)
         yield base
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+        stop_process_group(server)
         log.close()
 
 
