@@ -174,7 +174,7 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     rows.append(measure("ser seed set (same descriptors, one STFT, front end)",
                         lambda: run_executor(seed_set_job, seed_jobs, "process", workers, "ser seed set"),
                         n, audio_seconds, workers))
-    for sets in (("functionals",), ("egemaps",), ("sequences",), tuple(feature_params["sets"])):
+    for sets in (("functionals",), ("egemaps",), ("sequences",), ("whisper",), tuple(feature_params["sets"])):
         jobs = [(p, audio_params, feature_params, sets) for p in paths]
         label = "+".join(sets)
         rows.append(measure(f"ser {label}", lambda jobs=jobs, label=label: run_executor(

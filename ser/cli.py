@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="table/csv: also print each window of long recordings")
     predict.add_argument("--window-s", type=float, default=None, help="window length (default: predict.window_s)")
     predict.add_argument("--hop-s", type=float, default=None, help="window hop (default: predict.hop_s)")
+    predict.add_argument("--normalize-by", choices=("folder",), default=None,
+                         help="for a model trained with train.speaker_norm: speaker (transductive): standardize "
+                              "each folder's recordings together, one speaker per folder")
 
     serve = commands.add_parser("serve", help="run the web page and JSON API")
     serve.add_argument("--model", default=None, help=MODEL_HELP)
@@ -104,7 +107,11 @@ def run_predict(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser predict: {exc}", file=sys.stderr)
         return 2
-    predictions = predictor.predict_paths(args.paths, progress=sys.stderr.isatty())
+    try:
+        predictions = predictor.predict_paths(args.paths, progress=sys.stderr.isatty(), normalize_by=args.normalize_by)
+    except ValueError as exc:
+        print(f"ser predict: {exc}", file=sys.stderr)
+        return 2
     if not predictions:
         print("ser predict: no audio files found in " + ", ".join(args.paths), file=sys.stderr)
         return 2

@@ -176,9 +176,13 @@ def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plot
     protocol = trained_protocol or "speaker_kfold"
     summary = summarize(oof, classes, protocol, {
         "model_type": info.get("model_type"), "feature_input": info.get("feature_input"),
-        "target": info.get("target"), "classes": classes})
+        "target": info.get("target"), "classes": classes,
+        "speaker_norm": info.get("speaker_norm", "none"), "transductive": bool(info.get("transductive", False))})
     if summary["speaker_dependent"]:
         summary["warning"] = "random protocol: speakers appear on both sides; scores are speaker-dependent"
+    elif summary["transductive"]:
+        summary["warning"] = ("train.speaker_norm: speaker: each test speaker's unlabeled clips normalized its "
+                              "features (transductive); not comparable with the speaker-independent headline")
 
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -186,7 +190,8 @@ def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plot
     pd.DataFrame({"actual": oof["y_true"].astype(str), "predicted": oof["y_pred"].astype(str)}).to_csv(
         plots_dir / "confusion.csv", index=False)
     mean_history(history).to_csv(plots_dir / "history.csv", index=False)
-    suffix = " [SPEAKER-DEPENDENT]" if summary["speaker_dependent"] else ""
+    suffix = (" [SPEAKER-DEPENDENT]" if summary["speaker_dependent"]
+              else " [TRANSDUCTIVE: speaker-normalized]" if summary["transductive"] else "")
     figures = {
         "confusion.png": plot_confusion(oof, classes, f"{info.get('model_type', '')} confusion, {protocol}{suffix}"),
         "curves.png": plot_curves(history),

@@ -162,14 +162,16 @@ class Predictor:
         ]
         return np.concatenate(rows, axis=0).astype(np.float64)
 
-    def predict_signal(self, y: np.ndarray, name: str = "<signal>") -> Prediction:
-        """Predict a front-end-processed signal: one prediction per window plus the mean."""
+    def _windows(self, y: np.ndarray) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
         ranges = split_windows(y, self.sample_rate, self.window_s, self.hop_s)
         signals = [y[start:end] for start, end in ranges]
         if len(signals) > 1:
             # Training clips were normalized one by one; so is each window of a long recording.
             signals = [normalize(signal, self.bundle.audio) for signal in signals]
-        window_probabilities = self.probabilities_of_windows(signals, progress=f"windows of {name}")
+        return ranges, signals
+
+    def _prediction(self, name: str, y: np.ndarray, ranges: list[tuple[int, int]],
+                    window_probabilities: np.ndarray) -> Prediction:
         aggregate = window_probabilities.mean(axis=0)
         aggregate = aggregate / aggregate.sum()
         classes = self.classes
@@ -190,14 +192,75 @@ class Predictor:
             duration_s=round(len(y) / self.sample_rate, 4),
         )
 
+    def _check_no_speaker_norm(self) -> None:
+        if getattr(self.bundle, "speaker_norm", "none") != "none":
+            raise ValueError("this model was trained on per-speaker normalized features (train.speaker_norm: "
+                             f"{self.bundle.speaker_norm}, transductive): it scores a batch of one speaker's "
+                             "recordings, not a single clip; use ser predict --normalize-by folder with one "
+                             "speaker's clips per folder")
+
+    def predict_signal(self, y: np.ndarray, name: str = "<signal>") -> Prediction:
+        """Predict a front-end-processed signal: one prediction per window plus the mean."""
+        self._check_no_speaker_norm()
+        ranges, signals = self._windows(y)
+        return self._prediction(name, y, ranges, self.probabilities_of_windows(signals, progress=f"windows of {name}"))
+
+    def predict_group(self, sources: Sequence[str | os.PathLike]) -> list[Prediction]:
+        """Predict recordings of ONE speaker together, standardizing the model inputs with the
+        group's own statistics (``--normalize-by folder``; transductive, for a model trained with
+        ``train.speaker_norm: speaker``). A file that fails is reported; the others go on."""
+        from ser.normalize import standardize_groups
+
+        loaded, failed = [], {}
+        for source in sources:
+            name = str(source)
+            try:
+                y = self.load(source)
+                ranges, signals = self._windows(y)
+                loaded.append((name, y, ranges, self.bundle.inputs_from_signals(signals)))
+            except Exception as exc:  # one bad file must not stop the others
+                failed[name] = (audio_error_message(exc, name) if isinstance(exc, AudioError)
+                                else f"{name}: {type(exc).__name__}: {exc}")
+        results: dict[str, Prediction] = {n: Prediction(source=n, error=e) for n, e in failed.items()}
+        if len(loaded) == 1:
+            name = loaded[0][0]
+            results[name] = Prediction(source=name, error=f"{name}: --normalize-by needs at least two readable "
+                                                          "recordings of the speaker in its group, found one")
+        elif loaded:
+            rows = np.concatenate([inputs for *_, inputs in loaded])
+            rows = standardize_groups(rows, ["group"] * len(rows))
+            probabilities = self.bundle.predict_proba(rows).astype(np.float64)
+            offset = 0
+            for name, y, ranges, inputs in loaded:
+                results[name] = self._prediction(name, y, ranges, probabilities[offset:offset + len(inputs)])
+                offset += len(inputs)
+        return [results[str(source)] for source in sources]
+
     def predict_source(self, source: AudioSource, name: str | None = None) -> Prediction:
         """Predict a path or encoded bytes; raises :class:`AudioError` for unusable audio."""
         name = name or describe_source(source)
         return self.predict_signal(self.load(source), name=name)
 
-    def predict_paths(self, paths: Iterable[str | os.PathLike], progress: bool = True) -> list[Prediction]:
-        """Predict many files; a file that fails gets a Prediction with ``error``, the rest go on."""
+    def predict_paths(self, paths: Iterable[str | os.PathLike], progress: bool = True,
+                      normalize_by: str | None = None) -> list[Prediction]:
+        """Predict many files; a file that fails gets a Prediction with ``error``, the rest go on.
+
+        ``normalize_by="folder"``: the files of each folder are one speaker's, standardized
+        together (see :meth:`predict_group`)."""
         files = list(iter_audio_files(paths))
+        if normalize_by is not None:
+            if normalize_by != "folder":
+                raise ValueError(f"--normalize-by: unknown grouping '{normalize_by}'; use folder")
+            if getattr(self.bundle, "speaker_norm", "none") == "none":
+                raise ValueError("--normalize-by folder needs a model trained with train.speaker_norm: speaker; "
+                                 "this one was trained on unnormalized features")
+            groups: dict[Path, list[Path]] = {}
+            for path in files:
+                groups.setdefault(path.parent, []).append(path)
+            by_name = {}
+            for folder in tqdm(sorted(groups), desc="speaker folders", unit="folder", disable=not progress):
+                by_name.update({p.source: p for p in self.predict_group(groups[folder])})
+            return [by_name[str(path)] for path in files]
         results = []
         for path in tqdm(files, desc="predicting", unit="file", disable=not progress or len(files) < 2):
             results.append(self.try_predict(path, str(path)))

@@ -356,7 +356,9 @@ def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLi
         f'<p class="protocol">Evaluation protocol: <strong>{html.escape(protocol)}</strong>'
         f" &middot; model: <strong>{html.escape(model_type)}</strong>"
         f" &middot; out-of-fold accuracy {overall['accuracy']:.3f}, UAR {overall['uar']:.3f},"
-        f" macro F1 {overall['macro_f1']:.3f} over {overall['clips']} clips</p>",
+        f" macro F1 {overall['macro_f1']:.3f} over {overall['clips']} clips"
+        + (" &middot; <strong>TRANSDUCTIVE</strong>: features normalized per test speaker with that speaker's "
+           "unlabeled clips" if evaluation.get("transductive") else "") + "</p>",
         "<h2>Data</h2>",
         f"<p>{len(metadata)} clips: " + ", ".join(f"{v} {html.escape(str(k))}" for k, v in statuses.items()) + ".</p>",
         _figure_html(report, "data_counts"), _table_html(counts, 0),

@@ -36,6 +36,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from ser import splits
+from ser.normalize import check_speaker_norm, standardize_groups
 from ser.models import MODELS, is_keras, resolve_feature_input, uses_validation
 from ser.models.bundle import SEQUENCE_INPUTS, ModelBundle, tabular_sets
 
@@ -140,6 +141,17 @@ def load_augmented_inputs(folder: str | os.PathLike, feature_input: str) -> Mode
     return ModelInputs(keep, inputs.rows(keep), inputs.feature_names, [source_of[u] for u in keep])
 
 
+def load_training_inputs(features: str | os.PathLike, augmented: str | os.PathLike, model_params: dict[str, Any],
+                         train_params: dict[str, Any]) -> tuple[str, ModelInputs, ModelInputs | None]:
+    """``(feature_input, inputs, augmented copies or None)`` that the ``model`` and ``train``
+    params name, read from the features and augment stage folders."""
+    model_type = model_params["type"]
+    feature_input = resolve_feature_input(model_type, model_params.get("features", "auto"),
+                                          model_params.get(model_type))
+    copies = load_augmented_inputs(augmented, feature_input) if train_params.get("use_augmented", True) else None
+    return feature_input, load_model_inputs(features, feature_input), copies
+
+
 # ---- metrics ------------------------------------------------------------------------------------
 def scores(y_true, y_pred) -> dict[str, float]:
     return {"uar": float(recall_score(y_true, y_pred, average="macro", zero_division=0)),
@@ -201,12 +213,14 @@ def _log_history(history: dict[str, list]) -> None:
 
 
 def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any],
-          out: str | os.PathLike, *, track: bool = True, logged_params: dict[str, Any] | None = None) -> TrainResult:
+          out: str | os.PathLike, *, track: bool = True, logged_params: dict[str, Any] | None = None,
+          fit_final: bool = True) -> TrainResult:
     """Cross-validate, fit the final model, write ``out`` (see the module docstring).
 
     ``params`` holds the sections training reads (audio, features, split, train, model,
     mlflow); ``logged_params`` (default ``params``) is what the MLflow run records as params,
-    the whole params.yaml when run as a stage.
+    the whole params.yaml when run as a stage. ``fit_final=False`` only cross-validates (no
+    final model, no bundle): what the cross-corpus figure needs.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +244,22 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
     class_index = {c: i for i, c in enumerate(classes)}
     y_all = np.array([class_index[label_of[u]] for u in labelled["utterance_id"]], dtype=np.int64)
     X_all = inputs.rows(labelled["utterance_id"])
+    speaker_norm = check_speaker_norm(train_params.get("speaker_norm"))
+    aug_X = augmented.X if augmented is not None else None
+    if speaker_norm == "speaker":
+        # Transductive: each speaker's clips (labelled or not) give that speaker's statistics.
+        speaker_of = dict(zip(usable["utterance_id"], usable["speaker"].astype(str)))
+        reference = inputs.rows(usable["utterance_id"])
+        reference_groups = usable["speaker"].astype(str).to_numpy()
+        X_all = standardize_groups(X_all, [speaker_of[u] for u in labelled["utterance_id"]],
+                                   reference, reference_groups)
+        if augmented is not None:
+            known = [s in speaker_of for s in augmented.sources]
+            aug_X = augmented.X.copy()
+            if any(known):
+                rows = np.flatnonzero(known)
+                aug_X[rows] = standardize_groups(augmented.X[rows], [speaker_of[augmented.sources[i]] for i in rows],
+                                                 reference, reference_groups)
 
     folds = splits.assign_folds(labelled, protocol, int(split_params.get("n_folds", 6)),
                                 int(split_params.get("seed", 42)),
@@ -258,7 +288,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
                 allowed = set(labelled["utterance_id"].to_numpy()[fit_rows])
                 copies = aug_rows[[s in allowed for s in aug_sources[aug_rows]]]
                 if len(copies):
-                    X_fit = np.concatenate([X_fit, augmented.X[copies]])
+                    X_fit = np.concatenate([X_fit, aug_X[copies]])
                     y_fit = np.concatenate([y_fit, aug_y[np.searchsorted(aug_rows, copies)]])
             estimator = MODELS[model_type](params_of_type, X_all.shape[1:], len(classes), seed)
             with tracker.fold(fold):
@@ -285,11 +315,19 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
             oof_parts.append(oof)
             log.info("fold %s: %s", fold, {k: round(v, 4) for k, v in fold_score.items()})
         cv_seconds = time.time() - started
+        oof = pd.concat(oof_parts, ignore_index=True)
+        if not fit_final:
+            history_frame = pd.concat([h for h in history_parts if len(h)] or [pd.DataFrame(columns=HISTORY_COLUMNS)],
+                                      ignore_index=True)
+            info = {"model_type": model_type, "feature_input": feature_input, "protocol": protocol,
+                    "speaker_norm": speaker_norm, "transductive": speaker_norm != "none",
+                    "classes": classes, "n_clips": int(len(labelled)), "cv_seconds": round(cv_seconds, 1)}
+            return TrainResult(oof, history_frame, classes, None, fold_scores, None, info)
 
         final_type_params = final_params(model_type, params_of_type, best_epochs)
         X_final, y_final = X_all, y_all
         if use_augmented and len(aug_rows):
-            X_final = np.concatenate([X_all, augmented.X[aug_rows]])
+            X_final = np.concatenate([X_all, aug_X[aug_rows]])
             y_final = np.concatenate([y_all, aug_y])
         final = MODELS[model_type](final_type_params, X_all.shape[1:], len(classes), seed)
         final_history = final.fit(X_final, y_final, class_weight=class_weights(
@@ -298,7 +336,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
         bundle = ModelBundle(model_type=model_type, classes=classes, feature_input=feature_input,
                              audio=params.get("audio", {}), features=params.get("features", {}),
                              estimator=final, feature_names=inputs.feature_names,
-                             target=train_params.get("target", "emotion"))
+                             target=train_params.get("target", "emotion"), speaker_norm=speaker_norm)
         model_dir = out / "model"
         if model_dir.exists():
             import shutil
@@ -306,12 +344,12 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
             shutil.rmtree(model_dir)
         bundle.save(model_dir)
 
-        oof = pd.concat(oof_parts, ignore_index=True)
         history_frame = pd.concat([h for h in history_parts if len(h)] or [pd.DataFrame(columns=HISTORY_COLUMNS)],
                                   ignore_index=True)
         info = {
             "model_type": model_type, "feature_input": feature_input, "protocol": protocol,
-            "speaker_dependent": protocol == "random", "target": train_params.get("target", "emotion"),
+            "speaker_dependent": protocol == "random",
+            "speaker_norm": speaker_norm, "transductive": speaker_norm != "none", "target": train_params.get("target", "emotion"),
             "classes": classes, "n_clips": int(len(labelled)),
             "n_augmented": int(len(aug_rows)) if use_augmented else 0,
             "clips_without_features": without_features, "folds": splits.describe(folds, labelled),

@@ -15,8 +15,7 @@ import ser.features  # noqa: F401  isort: skip
 import pandas as pd
 
 from ser.config import load_params, section
-from ser.models import resolve_feature_input
-from ser.train import load_augmented_inputs, load_model_inputs, train
+from ser.train import load_training_inputs, train
 
 SECTIONS = ("audio", "features", "split", "train", "model", "mlflow")
 
@@ -33,10 +32,8 @@ def main(argv: list[str] | None = None) -> None:
 
     params = {name: section(name, args.params) for name in SECTIONS}
     model = params["model"]
-    feature_input = resolve_feature_input(model["type"], model.get("features", "auto"), model.get(model["type"]))
+    feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
     metadata = pd.read_parquet(args.metadata)
-    inputs = load_model_inputs(args.features, feature_input)
-    augmented = load_augmented_inputs(args.augmented, feature_input) if params["train"].get("use_augmented", True) else None
     result = train(metadata, inputs, augmented, params, args.out, logged_params=load_params(args.params))
     means = {k: round(sum(f[k] for f in result.fold_scores) / len(result.fold_scores), 4)
              for k in ("uar", "accuracy", "macro_f1")}

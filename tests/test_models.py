@@ -90,13 +90,20 @@ def test_wrong_input_shape_is_a_clear_error():
 def test_feature_input_resolution():
     assert set(FEATURE_DEFAULTS) == set(MODEL_TYPES)
     for model_type in SKLEARN_TYPES:
-        assert resolve_feature_input(model_type, "auto") == "both"
+        assert resolve_feature_input(model_type, "auto") == FEATURE_DEFAULTS[model_type]
+        assert resolve_feature_input(model_type, "auto", {"input": "whisper"}) == "whisper"
         assert resolve_feature_input(model_type, "egemaps") == "egemaps"
+        assert resolve_feature_input(model_type, "whisper+egemaps") == "whisper+egemaps"
+        with pytest.raises(ValueError, match="scikit-learn"):
+            resolve_feature_input(model_type, "whisper_frames")
         with pytest.raises(ValueError, match="tabular"):
             resolve_feature_input(model_type, "sequences")
     assert resolve_feature_input("cnn2d", "auto", {"input": "logmel"}) == "logmel"
     assert resolve_feature_input("lstm", "sequences", {"input": "fbank"}) == "fbank"
     assert resolve_feature_input("gru", "auto") == "mfcc"
+    assert resolve_feature_input("bilstm", "auto", {"input": "whisper_frames"}) == "whisper_frames"
+    with pytest.raises(ValueError, match="unknown model.features"):
+        resolve_feature_input("logreg", "whisper+whisper")
     with pytest.raises(ValueError, match="unknown model type"):
         resolve_feature_input("transformer", "auto")
     with pytest.raises(ValueError, match="unknown model.features"):

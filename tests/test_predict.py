@@ -143,3 +143,56 @@ def test_csv_output_has_a_row_per_clip_and_window_and_the_error(small_bundle, re
         assert sum(float(row[c]) for c in predictor.classes) == pytest.approx(1.0, abs=1e-5)
         assert row["label"] == max(predictor.classes, key=lambda c: float(row[c]))
     assert rows[-1]["path"] == str(missing) and "no such file" in rows[-1]["error"]
+
+
+# ---- speaker normalization (transductive) ----------------------------------------------------------
+@pytest.mark.mirror
+def test_normalize_by_folder_scores_each_speakers_clips_together(real_mirror, tmp_path):
+    import shutil
+
+    from ser.audio import load_audio
+    from ser.models import MODELS
+    from ser.models.bundle import ModelBundle
+    from ser.normalize import standardize_groups
+    from tests.serve_support import RAVDESS_EMOTIONS, TRAIN_ACTORS, project_params
+
+    params = project_params()
+    classes = list(RAVDESS_EMOTIONS.values())
+    bundle = ModelBundle("logreg", classes, "egemaps", params["audio"], params["features"], None,
+                         speaker_norm="speaker")
+    rows, labels, speakers = [], [], []
+    for actor in TRAIN_ACTORS:
+        for code, emotion in RAVDESS_EMOTIONS.items():
+            rows.append(load_audio(ravdess_clip(real_mirror, actor, code), params["audio"]))
+            labels.append(classes.index(emotion))
+            speakers.append(actor)
+    X = standardize_groups(bundle.inputs_from_signals(rows), speakers)
+    bundle.estimator = MODELS["logreg"]({"C": 1.0}, X.shape[1:], len(classes), 0)
+    bundle.estimator.fit(X, np.asarray(labels))
+    bundle.save(tmp_path / "model")
+    predictor = Predictor.from_bundle_dir(tmp_path / "model")
+
+    speaker = tmp_path / "speaker_a"
+    speaker.mkdir()
+    sources = [ravdess_clip(real_mirror, 10, code) for code in list(RAVDESS_EMOTIONS)[:5]]
+    for source in sources:
+        shutil.copy(source, speaker / source.name)
+    (speaker / "broken.wav").write_bytes(b"not audio")
+    alone = tmp_path / "speaker_b"
+    alone.mkdir()
+    shutil.copy(sources[0], alone / sources[0].name)
+
+    predictions = predictor.predict_paths([speaker, alone], progress=False, normalize_by="folder")
+    by_name = {Path(p.source).name + "@" + Path(p.source).parent.name: p for p in predictions}
+    good = [by_name[f"{s.name}@speaker_a"] for s in sorted(sources)]
+    assert all(p.ok for p in good)
+    expected = bundle.estimator.predict_proba(standardize_groups(
+        bundle.inputs_from_signals([load_audio(speaker / s.name, params["audio"]) for s in sorted(sources)]),
+        ["a"] * len(sources)))
+    got = np.array([[p.probabilities[c] for c in classes] for p in good])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert "cannot decode" in by_name["broken.wav@speaker_a"].error
+    assert "at least two" in by_name[f"{sources[0].name}@speaker_b"].error
+    # A speaker-normalized model refuses to score a lone clip, and says why.
+    single = predictor.try_predict(sources[0], str(sources[0]))
+    assert not single.ok and "normalize-by folder" in single.error

@@ -33,6 +33,7 @@ from ser.features.egemaps import EGEMAPS_NAMES
 from ser.features.extraction import KINDS_OF_SET, check_sets, extract, set_params_hash
 from ser.features.functionals import functional_names
 from ser.features.sequences import n_frames, sequence_dims
+from ser.features.whisper import frame_count, model_folder, whisper_names, whisper_params
 
 _WRITE_CHUNK = 256
 
@@ -95,6 +96,8 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
     ``extract``'s dict. Returns a summary (also written to ``info.json``).
     """
     sets = check_sets(feature_params.get("sets", ()))
+    if "whisper" in sets:
+        model_folder(whisper_params(feature_params))  # join/verify the weights once, before any worker
     hashes = {name: set_params_hash(name, audio_params, feature_params) for name in sets}
     present = {name: set.intersection(*(cache.present(kind, hashes[name]) for kind in KINDS_OF_SET[name]))
                for name in sets}
@@ -135,6 +138,7 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
         "egemaps": len(EGEMAPS_NAMES) if "egemaps" in sets else 0,
         "sequence_frames": n_frames(audio_params, feature_params) if "sequences" in sets else 0,
         "sequence_dims": sequence_dims(feature_params) if "sequences" in sets else {},
+        "whisper_frames": frame_count(audio_params, feature_params) if "whisper" in sets else 0,
     }
     (out_dir / store.INFO_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -148,36 +152,46 @@ def _chunks(items: Sequence, size: int = _WRITE_CHUNK):
 def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: dict[str, str],
                 out_dir: Path, audio_params: dict, feature_params: dict, cache: FeatureCache) -> None:
     columns = {"functionals": functional_names(feature_params), "egemaps": list(EGEMAPS_NAMES)}
+    if "whisper" in sets and good:
+        first = cache.get_many("whisper", hashes["whisper"], [good[0][1]])[good[0][1]]
+        columns["whisper"] = whisper_names(len(first) // 2)
     for name in (s for s in sets if s in store.TABLE_SETS):
-        writer = store.TableWriter(out_dir / f"{name}.parquet", columns[name])
+        writer = store.TableWriter(out_dir / f"{name}.parquet", columns.get(name, []))
         try:
             for chunk in _chunks(good):
                 found = cache.get_many(name, hashes[name], [key for _, key in chunk])
                 writer.write([uid for uid, _ in chunk], np.stack([found[key] for _, key in chunk]))
         finally:
             writer.close()
+    kinds = {}  # sequence kind -> (set it belongs to, frames, dim)
     if "sequences" in sets:
-        folder = out_dir / store.SEQUENCES_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"utterance_id": pa.array([uid for uid, _ in good], pa.string()),
-                                 "row": pa.array(np.arange(len(good)), pa.int64())}),
-                       folder / "index.parquet")
         frames = n_frames(audio_params, feature_params)
-        for kind, dim in sequence_dims(feature_params).items():
-            # Streamed with plain writes after the .npy header rather than through a memmap, whose
-            # dirty pages would count against the process however large the corpus grows.
-            with open(folder / f"{kind}.npy", "wb") as handle:
-                np.lib.format.write_array_header_1_0(handle, {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                    "shape": (len(good), frames, dim)})
-                for chunk in _chunks(good):
-                    found = cache.get_many(kind, hashes["sequences"], [key for _, key in chunk])
-                    block = np.stack([found[key] for _, key in chunk]) if chunk else None
-                    if block is not None:
-                        if block.shape[1:] != (frames, dim) or block.dtype != np.float32:
-                            raise ValueError(f"cached {kind} of shape {block.shape[1:]} {block.dtype}, "
-                                             f"expected ({frames}, {dim}) float32")
-                        handle.write(block.tobytes())
+        kinds.update({kind: ("sequences", frames, dim) for kind, dim in sequence_dims(feature_params).items()})
+    if "whisper" in sets and good:
+        first = cache.get_many("whisper_frames", hashes["whisper"], [good[0][1]])[good[0][1]]
+        kinds["whisper_frames"] = ("whisper", *first.shape)
+    if not kinds:
+        return
+    folder = out_dir / store.SEQUENCES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"utterance_id": pa.array([uid for uid, _ in good], pa.string()),
+                             "row": pa.array(np.arange(len(good)), pa.int64())}),
+                   folder / "index.parquet")
+    for kind, (set_name, frames, dim) in kinds.items():
+        dtype = store.SEQUENCE_DTYPES[kind]
+        # Streamed with plain writes after the .npy header rather than through a memmap, whose
+        # dirty pages would count against the process however large the corpus grows.
+        with open(folder / f"{kind}.npy", "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {
+                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": (len(good), frames, dim)})
+            for chunk in _chunks(good):
+                found = cache.get_many(kind, hashes[set_name], [key for _, key in chunk])
+                block = np.stack([found[key] for _, key in chunk])
+                if block.shape[1:] != (frames, dim) or block.dtype != dtype:
+                    raise ValueError(f"cached {kind} of shape {block.shape[1:]} {block.dtype}, "
+                                     f"expected ({frames}, {dim}) {dtype}")
+                handle.write(block.tobytes())
 
 
 def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: dict,

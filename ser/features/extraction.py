@@ -11,18 +11,20 @@ from ser.config import params_hash
 from ser.features.egemaps import egemaps
 from ser.features.functionals import functionals
 from ser.features.sequences import SEQUENCE_KINDS, sequences
+from ser.features.whisper import encoder_identity, whisper_features
 
-FEATURE_SETS = ("functionals", "egemaps", "sequences")
+FEATURE_SETS = ("functionals", "egemaps", "sequences", "whisper")
 
 # The arrays each set produces: the keys of extract()'s result, and the kinds kept in the cache.
 KINDS_OF_SET: dict[str, tuple[str, ...]] = {
     "functionals": ("functionals",),
     "egemaps": ("egemaps",),
     "sequences": SEQUENCE_KINDS,
+    "whisper": ("whisper", "whisper_frames"),
 }
 
 # Bump a set's version when its code changes its numbers, so cached values are recomputed.
-SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1}
+SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1, "whisper": 1}
 
 # The feature params each set depends on; anything else (sets, cache_dir, executor, workers)
 # changes how features are computed, never their values.
@@ -31,7 +33,10 @@ _FEATURE_KEYS_OF_SET = {
                     "contrast_bands"),
     "egemaps": (),
     "sequences": ("n_mfcc", "n_mels", "n_fbank", "n_fft", "win_length", "hop_length"),
+    "whisper": (),  # its own sub-section, through encoder_identity (model hash included)
 }
+# Sets whose arrays depend on the fixed length (audio.max_seconds).
+_FIXED_LENGTH_SETS = ("sequences", "whisper")
 
 
 def check_sets(sets: Iterable[str]) -> tuple[str, ...]:
@@ -46,11 +51,14 @@ def set_params_hash(set_name: str, audio_params: dict, feature_params: dict) -> 
     """Hash of exactly the params that shape ``set_name``: its cache and output version.
 
     Functionals and eGeMAPS see the untruncated signal, so ``audio.max_seconds`` is not part of
-    their hash; sequences depend on it.
+    their hash; sequences and the Whisper frames depend on it. The Whisper set's key holds the
+    encoder's model hash, compute type, padding and pooling.
     """
     audio = {key: value for key, value in audio_params.items()
-             if set_name == "sequences" or key != "max_seconds"}
+             if set_name in _FIXED_LENGTH_SETS or key != "max_seconds"}
     features = {key: feature_params.get(key) for key in _FEATURE_KEYS_OF_SET[set_name]}
+    if set_name == "whisper":
+        features["encoder"] = encoder_identity(feature_params)
     return params_hash({"set": set_name, "version": SET_VERSIONS[set_name], "audio": audio,
                         "features": features})
 
@@ -59,8 +67,9 @@ def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None = N
             audio_params: dict | None = None) -> dict[str, np.ndarray]:
     """Features of a signal produced by ``ser.audio.load_audio`` (trimmed, normalized, untruncated).
 
-    Returns ``functionals`` (1-D), ``egemaps`` (88) and/or ``logmel``/``mfcc``/``fbank``
-    (T x D, T fixed by ``audio_params["max_seconds"]``) for the requested ``sets`` (default:
+    Returns ``functionals`` (1-D), ``egemaps`` (88), ``logmel``/``mfcc``/``fbank``
+    (T x D, T fixed by ``audio_params["max_seconds"]``) and/or ``whisper`` (pooled encoder
+    frames) with ``whisper_frames`` (T x d_model) for the requested ``sets`` (default:
     ``params_features["sets"]``). ``audio_params`` is the ``audio:`` section the signal went
     through (sample rate, fixed length); pass it whenever it may differ from the defaults.
     """
@@ -75,6 +84,8 @@ def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None = N
             result["functionals"] = functionals(y, sample_rate, params_features)
         elif set_name == "egemaps":
             result["egemaps"] = egemaps(y, sample_rate)
+        elif set_name == "whisper":
+            result.update(whisper_features(y, sample_rate, audio, params_features))
         else:
             result.update(sequences(y, audio, params_features))
     for kind, values in result.items():

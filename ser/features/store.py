@@ -1,8 +1,10 @@
 """The on-disk layout of a feature folder (``data/features/``, ``data/augmented/``): a few large
 files, never one per clip, written by streaming rows so memory stays bounded.
 
-- ``functionals.parquet`` / ``egemaps.parquet``: ``utterance_id`` + one float32 column per value
-- ``sequences/index.parquet`` (``utterance_id``, ``row``) + ``sequences/<kind>.npy`` (N x T x D)
+- ``functionals.parquet`` / ``egemaps.parquet`` / ``whisper.parquet``: ``utterance_id`` + one
+  float32 column per value
+- ``sequences/index.parquet`` (``utterance_id``, ``row``) + ``sequences/<kind>.npy`` (N x T x D;
+  float32, float16 for ``whisper_frames``)
 - ``failures.parquet``: ``utterance_id``, ``problem``
 """
 
@@ -19,7 +21,10 @@ import pyarrow.parquet as pq
 
 from ser.features.sequences import SEQUENCE_KINDS
 
-TABLE_SETS = ("functionals", "egemaps")
+TABLE_SETS = ("functionals", "egemaps", "whisper")
+# Every frame-sequence kind a feature folder can hold, with its stored dtype.
+SEQUENCE_DTYPES = {**{kind: np.dtype(np.float32) for kind in SEQUENCE_KINDS},
+                   "whisper_frames": np.dtype(np.float16)}
 FAILURES_FILE = "failures.parquet"
 INFO_FILE = "info.json"
 SEQUENCES_DIR = "sequences"
@@ -71,8 +76,8 @@ def load_table(folder: str | os.PathLike, set_name: str) -> pd.DataFrame:
 
 def load_sequences(folder: str | os.PathLike, kind: str) -> tuple[list[str], np.ndarray]:
     """``(utterance_ids, array[N, T, D])`` of one sequence kind (memory-mapped, read-only)."""
-    if kind not in SEQUENCE_KINDS:
-        raise ValueError(f"load_sequences: unknown kind '{kind}'; choose one of {list(SEQUENCE_KINDS)}")
+    if kind not in SEQUENCE_DTYPES:
+        raise ValueError(f"load_sequences: unknown kind '{kind}'; choose one of {list(SEQUENCE_DTYPES)}")
     folder = Path(folder)
     index_path = folder / SEQUENCES_DIR / "index.parquet"
     array_path = folder / SEQUENCES_DIR / f"{kind}.npy"

@@ -16,15 +16,16 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from ser.models.bundle import FEATURE_INPUTS, SEQUENCE_INPUTS, TABULAR_INPUTS, ModelBundle
+from ser.models.bundle import FEATURE_INPUTS, SEQUENCE_INPUTS, TABULAR_INPUTS, ModelBundle, is_feature_input
 
-SKLEARN_TYPES = ("mlp", "svm", "random_forest", "decision_tree")
+SKLEARN_TYPES = ("logreg", "mlp", "svm", "random_forest", "decision_tree")
 KERAS_TYPES = ("cnn1d", "cnn2d", "lstm", "bilstm", "gru", "clstm")
 MODEL_TYPES = SKLEARN_TYPES + KERAS_TYPES
 
-# The ``auto`` input of each type; a Keras type's own ``input`` param overrides its default.
+# The ``auto`` input of each type when its params name none; a type's own ``input`` param wins.
 FEATURE_DEFAULTS: dict[str, str] = {
     **{t: "both" for t in SKLEARN_TYPES},
+    "logreg": "whisper+egemaps",
     "cnn1d": "mfcc",
     "cnn2d": "logmel",
     "lstm": "mfcc",
@@ -72,14 +73,15 @@ def uses_validation(model_type: str) -> bool:
 
 
 def resolve_feature_input(model_type: str, features: str, params_of_type: dict[str, Any] | None = None) -> str:
-    """``model.features`` (auto | functionals | egemaps | both | sequences | a sequence kind)
-    resolved to the concrete input this type trains on."""
+    """``model.features`` (auto | sequences | a table or tables fused with ``+`` | both | a
+    sequence kind) resolved to the concrete input this type trains on; ``auto`` is the type's
+    own ``input`` param."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type '{model_type}'; choose one of {list(MODEL_TYPES)}")
     params_of_type = params_of_type or {}
     sequence_kind = params_of_type.get("input", FEATURE_DEFAULTS[model_type])
     if features in (None, "auto"):
-        return sequence_kind if is_keras(model_type) else FEATURE_DEFAULTS[model_type]
+        features = sequence_kind
     if features == "sequences":
         if not is_keras(model_type):
             raise ValueError(f"{model_type} is a scikit-learn model and needs a tabular input "
@@ -88,7 +90,7 @@ def resolve_feature_input(model_type: str, features: str, params_of_type: dict[s
             raise ValueError(f"model.features=sequences needs a sequence kind in model.{model_type}.input "
                              f"(one of {SEQUENCE_INPUTS}); {model_type} has '{sequence_kind}'")
         return sequence_kind
-    if features not in FEATURE_INPUTS:
+    if not is_feature_input(features):
         raise ValueError(f"unknown model.features '{features}'; choose auto, sequences or one of {FEATURE_INPUTS}")
     if features in SEQUENCE_INPUTS and not is_keras(model_type):
         raise ValueError(f"{model_type} is a scikit-learn model and needs a tabular input {TABULAR_INPUTS}")

@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 
 BUNDLE_FORMAT = 1
-TABULAR_INPUTS = ("functionals", "egemaps", "both")
-SEQUENCE_INPUTS = ("logmel", "mfcc", "fbank")
+TABLES = ("functionals", "egemaps", "whisper")
+# A tabular input is one table or several fused with "+" (e.g. "whisper+egemaps"); "both" is
+# the historical name of "functionals+egemaps".
+TABULAR_INPUTS = (*TABLES, "both", "whisper+egemaps", "whisper+functionals+egemaps")
+SEQUENCE_INPUTS = ("logmel", "mfcc", "fbank", "whisper_frames")
 FEATURE_INPUTS = TABULAR_INPUTS + SEQUENCE_INPUTS
 
 
@@ -33,13 +36,27 @@ def tabular_sets(feature_input: str) -> list[str]:
     """The feature tables a tabular input is made of, in column order."""
     if feature_input == "both":
         return ["functionals", "egemaps"]
-    if feature_input in ("functionals", "egemaps"):
-        return [feature_input]
-    raise ValueError(f"'{feature_input}' is not a tabular feature input; choose one of {TABULAR_INPUTS}")
+    parts = [part.strip() for part in str(feature_input).split("+")]
+    if not all(part in TABLES for part in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"'{feature_input}' is not a tabular feature input: use one of {list(TABLES)} "
+                         f"or several joined with '+' (e.g. whisper+egemaps), or 'both'")
+    return parts
+
+
+def is_feature_input(feature_input: str) -> bool:
+    if feature_input in SEQUENCE_INPUTS:
+        return True
+    try:
+        tabular_sets(feature_input)
+    except ValueError:
+        return False
+    return True
 
 
 def extraction_sets(feature_input: str) -> list[str]:
     """The ``features.sets`` names ``ser.features.extract`` must compute for this input."""
+    if feature_input == "whisper_frames":
+        return ["whisper"]
     if feature_input in SEQUENCE_INPUTS:
         return ["sequences"]
     return tabular_sets(feature_input)
@@ -55,9 +72,12 @@ class ModelBundle:
     estimator: Any
     feature_names: list[str] = field(default_factory=list)  # tabular column order; [] for sequences
     target: str = "emotion"
+    # "speaker": inputs were standardized per speaker in training (transductive); scoring then
+    # needs a batch of one speaker's clips to standardize with (ser predict --normalize-by).
+    speaker_norm: str = "none"
 
     def __post_init__(self) -> None:
-        if self.feature_input not in FEATURE_INPUTS:
+        if not is_feature_input(self.feature_input):
             raise ValueError(f"unknown feature_input '{self.feature_input}'; choose one of {FEATURE_INPUTS}")
         self.classes = [str(c) for c in self.classes]
 
@@ -72,6 +92,7 @@ class ModelBundle:
             "feature_input": self.feature_input,
             "feature_names": list(self.feature_names),
             "target": self.target,
+            "speaker_norm": self.speaker_norm,
             "audio": self.audio,
             "features": self.features,
         }
@@ -101,6 +122,7 @@ class ModelBundle:
             estimator=estimator,
             feature_names=description.get("feature_names", []),
             target=description.get("target", "emotion"),
+            speaker_norm=description.get("speaker_norm", "none"),
         )
 
     # ---- inputs --------------------------------------------------------------------------

