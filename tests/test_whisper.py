@@ -75,6 +75,8 @@ def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
     assert first["whisper_frames"].shape == (75, 512) and first["whisper_frames"].dtype == np.float16
     np.testing.assert_array_equal(first["whisper"], second["whisper"])
     np.testing.assert_array_equal(first["whisper_frames"], second["whisper_frames"])
+    params = whisper.whisper_params(FEATURES)
+    assert whisper.load_model(params) is whisper.load_model(params)  # loaded once per process
     # The same numbers in a fresh process (a pool worker, a server).
     code = ("import sys, numpy as np; import ser.features; from ser.audio import load_audio; "
             "from ser.features import extract; import json; a=json.loads(sys.argv[2]); f=json.loads(sys.argv[3]); "
