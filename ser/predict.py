@@ -48,6 +48,13 @@ def audio_error_message(error: Exception, name: str | None = None) -> str:
     return message
 
 
+def failure_message(error: Exception, name: str) -> str:
+    """One line for a file that could not be predicted: the audio problem, or what went wrong."""
+    if isinstance(error, AudioError):
+        return audio_error_message(error, name)
+    return f"{name}: {type(error).__name__}: {error}"
+
+
 @dataclass(frozen=True)
 class WindowPrediction:
     start_s: float
@@ -193,7 +200,7 @@ class Predictor:
         )
 
     def _check_no_speaker_norm(self) -> None:
-        if getattr(self.bundle, "speaker_norm", "none") != "none":
+        if self.bundle.speaker_norm != "none":
             raise ValueError("this model was trained on per-speaker normalized features (train.speaker_norm: "
                              f"{self.bundle.speaker_norm}, transductive): it scores a batch of one speaker's "
                              "recordings, not a single clip; use ser predict --normalize-by folder with one "
@@ -219,8 +226,7 @@ class Predictor:
                 ranges, signals = self._windows(y)
                 loaded.append((name, y, ranges, self.bundle.inputs_from_signals(signals)))
             except Exception as exc:  # one bad file must not stop the others
-                failed[name] = (audio_error_message(exc, name) if isinstance(exc, AudioError)
-                                else f"{name}: {type(exc).__name__}: {exc}")
+                failed[name] = failure_message(exc, name)
         results: dict[str, Prediction] = {n: Prediction(source=n, error=e) for n, e in failed.items()}
         if len(loaded) == 1:
             name = loaded[0][0]
@@ -251,7 +257,7 @@ class Predictor:
         if normalize_by is not None:
             if normalize_by != "folder":
                 raise ValueError(f"--normalize-by: unknown grouping '{normalize_by}'; use folder")
-            if getattr(self.bundle, "speaker_norm", "none") == "none":
+            if self.bundle.speaker_norm == "none":
                 raise ValueError("--normalize-by folder needs a model trained with train.speaker_norm: speaker; "
                                  "this one was trained on unnormalized features")
             groups: dict[Path, list[Path]] = {}
@@ -269,10 +275,8 @@ class Predictor:
     def try_predict(self, source: AudioSource, name: str) -> Prediction:
         try:
             return self.predict_source(source, name)
-        except AudioError as exc:
-            return Prediction(source=name, error=audio_error_message(exc, name))
         except Exception as exc:  # one bad file must not stop the others; say what happened
-            return Prediction(source=name, error=f"{name}: {type(exc).__name__}: {exc}")
+            return Prediction(source=name, error=failure_message(exc, name))
 
 
 def predictions_table(predictions: Sequence[Prediction], classes: Sequence[str]) -> list[dict[str, Any]]:
