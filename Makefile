@@ -30,10 +30,10 @@ test-fast: setup
 
 # CI metric gate: the real pipeline with default params, compared with the committed metrics.
 gate: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ser.gate
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/gate.py
 
 bench: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ser.bench features
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_features.py features
 
 clean-venv:
 	rm -rf $(VENV)

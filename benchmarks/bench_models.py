@@ -24,12 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import ser.features  # noqa: E402,F401  isort: skip  (opensmile before tensorflow)
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ser.config import load_params  # noqa: E402
+from ser.project import load_params  # noqa: E402
 from ser.train import load_model_inputs, train  # noqa: E402
 
 SKLEARN_RUNS = [f"{t}:{i}" for t in ("logreg", "svm", "mlp", "random_forest", "decision_tree")
@@ -40,7 +38,7 @@ KERAS_RUNS = [f"{t}:{i}" for t in ("cnn1d", "cnn2d", "lstm", "bilstm", "gru", "c
 
 def run_one(metadata: pd.DataFrame, features: Path, params: dict, model_type: str, feature_input: str) -> dict:
     params = copy.deepcopy(params)
-    own = params["model"][model_type].get("input")
+    own = params["model"][model_type]["input"]
     feature_input = own if feature_input == "own" else feature_input
     params["model"]["type"] = model_type
     params["model"]["features"] = feature_input
@@ -49,7 +47,7 @@ def run_one(metadata: pd.DataFrame, features: Path, params: dict, model_type: st
     inputs = load_model_inputs(features, feature_input)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ser-bench-models-") as scratch:
-        result = train(metadata, inputs, None, params, scratch, track=False, fit_final=False)
+        result = train(metadata, inputs, None, params, scratch, fit_final_model=False)
     wall = time.time() - started
     folds = result.fold_scores
     summary = {"type": model_type, "input": feature_input, "protocol": params["split"]["protocol"],

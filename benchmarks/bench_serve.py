@@ -81,13 +81,14 @@ def three_second_clip() -> tuple[bytes, str]:
 
 def resolve_model(model: str | None, workdir: Path) -> tuple[str, str]:
     """An MLflow model URI or folder ``mlflow models serve`` can load, and what it is."""
+    from ser import project
     from ser.pyfunc import save_model
-    from ser.tracking import tracking_uri
 
+    params = project.load_params(REPO / "params.yaml")
     if model is None:
         import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(project.tracking_uri(REPO))
         try:
             mlflow.MlflowClient().get_registered_model("ser-emotion")
             model = "models:/ser-emotion/latest"
@@ -95,7 +96,7 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[str, str]:
             model = str(REPO / "data" / "train" / "model")
     path = Path(model)
     if path.is_dir() and (path / "bundle.json").is_file():
-        saved = save_model(path, workdir / "pyfunc")
+        saved = save_model(path, workdir / "pyfunc", params["predict"], params["serve"])
         return str(saved), f"ModelBundle {path} (saved as a pyfunc model for serving)"
     if path.is_dir() and (path / "MLmodel").is_file():
         return str(path), f"MLflow model folder {path}"

@@ -54,17 +54,6 @@ def decode(source: AudioSource) -> tuple[np.ndarray, int]:
     return samples, int(sample_rate)
 
 
-DEFAULT_AUDIO_PARAMS: dict = {
-    "sample_rate": 16000,
-    "trim_silence": True,
-    "trim_top_db": 40,
-    "normalize": "peak",
-    "peak_level": 0.95,
-    "loudness_lufs": -23.0,
-    "max_seconds": 3.0,
-}
-"""The ``audio:`` section of params.yaml as shipped; callers should pass the real section."""
-
 # The trimming envelope uses 25 ms frames with a 10 ms hop whatever the sample rate, so the
 # same params cut the same amount of silence at 16 kHz and at 48 kHz.
 _ENVELOPE_FRAME_S = 0.025
@@ -124,7 +113,7 @@ def normalize(y: np.ndarray, params: dict) -> np.ndarray:
     close enough to LUFS for speech at one level), then scaled down if needed so no sample
     clips. Silence is returned unchanged (there is no level to normalize).
     """
-    mode = str(params.get("normalize", "none")).lower()
+    mode = str(params["normalize"]).lower()
     y = np.asarray(y, dtype=np.float32)
     if mode == "none":
         return y
@@ -132,10 +121,10 @@ def normalize(y: np.ndarray, params: dict) -> np.ndarray:
     if peak <= 0.0:
         return y
     if mode == "peak":
-        gain = float(params.get("peak_level", 0.95)) / peak
+        gain = float(params["peak_level"]) / peak
     elif mode == "loudness":
         rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
-        gain = 10.0 ** (float(params.get("loudness_lufs", -23.0)) / 20.0) / rms
+        gain = 10.0 ** (float(params["loudness_lufs"]) / 20.0) / rms
         gain = min(gain, 1.0 / peak)
     else:
         raise ValueError(f"audio.normalize: unknown mode '{mode}'; choose none, peak or loudness")
@@ -173,6 +162,6 @@ def load_audio(source: AudioSource, params: dict) -> np.ndarray:
     y = resample(y, source_rate, int(params["sample_rate"]))
     if y.size == 0:
         raise AudioError(f"{describe_source(source)}: no samples left after resampling")
-    if params.get("trim_silence", False):
+    if params["trim_silence"]:
         y = trim_silence(y, int(params["sample_rate"]), float(params["trim_top_db"]))
     return normalize(y, params)

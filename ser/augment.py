@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ser.audio import load_audio, normalize
-from ser.config import params_hash, repo_root
+from ser.params import params_hash
 from ser.executor import Executor, make_executor
 from ser.features import store
 from ser.features.compute import build_feature_folder, clear_outputs, ok_clips, open_cache, resolve_path
@@ -54,20 +54,20 @@ def make_augmenter(params: dict):
     """The audiomentations chain described by the ``augment:`` section."""
     from audiomentations import AddGaussianSNR, Compose, PitchShift, Shift, TimeStretch
 
-    noise, shift = params.get("noise", {}), params.get("shift", {})
-    pitch, stretch = params.get("pitch", {}), params.get("stretch", {})
-    max_shift = float(shift.get("max_fraction", 0.15))
+    noise, shift = params["noise"], params["shift"]
+    pitch, stretch = params["pitch"], params["stretch"]
+    max_shift = float(shift["max_fraction"])
     return Compose([
-        PitchShift(min_semitones=float(pitch.get("min_semitones", -2.0)),
-                   max_semitones=float(pitch.get("max_semitones", 2.0)), p=float(pitch.get("p", 0.0))),
-        TimeStretch(min_rate=float(stretch.get("min_rate", 0.9)), max_rate=float(stretch.get("max_rate", 1.1)),
-                    leave_length_unchanged=bool(stretch.get("leave_length_unchanged", False)),
-                    p=float(stretch.get("p", 0.0))),
+        PitchShift(min_semitones=float(pitch["min_semitones"]),
+                   max_semitones=float(pitch["max_semitones"]), p=float(pitch["p"])),
+        TimeStretch(min_rate=float(stretch["min_rate"]), max_rate=float(stretch["max_rate"]),
+                    leave_length_unchanged=bool(stretch["leave_length_unchanged"]),
+                    p=float(stretch["p"])),
         # No rollover: speech that wraps around the clip's end is not speech any more.
         Shift(min_shift=-max_shift, max_shift=max_shift, shift_unit="fraction",
-              rollover=bool(shift.get("rollover", False)), p=float(shift.get("p", 0.0))),
-        AddGaussianSNR(min_snr_db=float(noise.get("min_snr_db", 10.0)),
-                       max_snr_db=float(noise.get("max_snr_db", 30.0)), p=float(noise.get("p", 0.0))),
+              rollover=bool(shift["rollover"]), p=float(shift["p"])),
+        AddGaussianSNR(min_snr_db=float(noise["min_snr_db"]),
+                       max_snr_db=float(noise["max_snr_db"]), p=float(noise["p"])),
     ])
 
 
@@ -100,7 +100,7 @@ class AugmentJob:
 def augmented_signal(job: AugmentJob) -> np.ndarray:
     """The front-end signal of one augmented copy (normalized again after augmentation)."""
     y = load_audio(job.path, job.audio_params)
-    seed = copy_seed(int(job.augment_params.get("seed", 0)), job.utterance_id, job.copy)
+    seed = copy_seed(int(job.augment_params["seed"]), job.utterance_id, job.copy)
     y = augment_signal(y, int(job.audio_params["sample_rate"]), job.augment_params, seed)
     return normalize(y, job.audio_params)
 
@@ -120,7 +120,7 @@ def copy_key(pcm_sha256: str, utterance_id: str, copy: int, augment_hash: str) -
 
 
 def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: dict,
-                      feature_params: dict, augment_params: dict, *, root: str | os.PathLike | None = None,
+                      feature_params: dict, augment_params: dict, *, root: str | os.PathLike,
                       executor: Executor | None = None, cache_dir: str | os.PathLike | None = None,
                       progress: bool = True) -> dict[str, Any]:
     """The augment stage: ``augment.copies`` copies of every ok clip -> features in ``out_dir``.
@@ -130,11 +130,11 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
     ``copies: 0`` writes the same files, valid and empty. Copies are made of every ok clip;
     keeping only those whose source is on the training side is the splits' job.
     """
-    root = Path(root) if root is not None else repo_root()
+    root = Path(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_outputs(out_dir, extra=(INDEX_FILE,))
-    copies = int(augment_params.get("copies", 0) or 0)
+    copies = int(augment_params["copies"])
     if copies < 0:
         raise ValueError(f"augment.copies must be >= 0, got {copies}")
     clips = ok_clips(metadata_df)
@@ -148,8 +148,7 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
             rows.append({"utterance_id": copy_id(clip.utterance_id, copy),
                          "source_utterance_id": clip.utterance_id, "copy": copy, "_key": key,
                          **{column: getattr(clip, column) for column in PROVENANCE_COLUMNS}})
-    executor = executor or make_executor(feature_params.get("executor", "process"),
-                                         int(feature_params.get("workers", 0) or 0))
+    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]))
 
     def make_job(key: str, missing: tuple[str, ...]) -> AugmentJob:
         path, utterance_id, copy = jobs_info[key]
@@ -160,7 +159,7 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
     try:
         summary = build_feature_folder([(row["utterance_id"], row["_key"]) for row in rows], make_job,
                                        augment_and_extract, out_dir, audio_params, feature_params,
-                                       cache, executor, desc="augment" if progress else None)
+                                       cache, executor, desc="augment" if progress else None, root=root)
     finally:
         cache.close()
         if scratch is not None:

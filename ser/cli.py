@@ -3,8 +3,9 @@
     ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv]
     ser serve --port 8000 [--model URI|FOLDER]
 
-``--model`` defaults to the latest version of the registered ``ser-emotion`` in the project's
-MLflow store (``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``); it also takes
+``--model`` defaults to the latest version of the registered model (``mlflow.registered_model``
+in params.yaml) in the project's MLflow store (``MLFLOW_TRACKING_URI``, else
+``sqlite:///<repo root>/mlflow.db``); it also takes
 any MLflow model URI, a local MLflow model folder, or a ModelBundle folder. A file that cannot
 be read gets one error line (exit status 1); the other files are still predicted.
 """
@@ -46,22 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str | None, window_s: float | None = None, hop_s: float | None = None):
+def _load(model: str | None, params: dict, window_s: float | None = None, hop_s: float | None = None):
     from pathlib import Path
 
     if model is not None and (Path(model) / "bundle.json").is_file():
         from ser.predict import load_bundle_predictor  # a bundle needs no MLflow: start faster
 
-        predictor, description = load_bundle_predictor(model), f"bundle {model}"
+        predictor, description = load_bundle_predictor(model, params["predict"]), f"bundle {model}"
     else:
+        from ser import project
         from ser.pyfunc import load_predictor
 
-        predictor, description = load_predictor(model)
+        predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
+                                                registered_model=params["mlflow"]["registered_model"],
+                                                predict_params=params["predict"])
     if window_s is not None:
         predictor.window_s = window_s
     if hop_s is not None:
         predictor.hop_s = hop_s
     return predictor, description
+
+
+def _project_params() -> dict:
+    """The project's params.yaml (predict, serve and mlflow sections are read)."""
+    from ser import project
+
+    path = project.params_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no params.yaml here or above; run ser inside the project checkout")
+    return project.load_params(path)
 
 
 def _percent(value: float) -> str:
@@ -103,7 +117,7 @@ def write_csv(predictions, classes: Sequence[str], windows: bool, out) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     try:
-        predictor, _ = _load(args.model, args.window_s, args.hop_s)
+        predictor, _ = _load(args.model, _project_params(), args.window_s, args.hop_s)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser predict: {exc}", file=sys.stderr)
         return 2
@@ -136,11 +150,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from ser.serve.app import create_app
 
     try:
-        predictor, description = _load(args.model)
+        params = _project_params()
+        predictor, description = _load(args.model, params)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(predictor, max_bytes=args.max_bytes, model_description=description)
+    max_bytes = args.max_bytes if args.max_bytes is not None else int(params["serve"]["max_bytes"])
+    app = create_app(predictor, max_bytes=max_bytes, model_description=description)
     print(f"ser serve: {description} on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

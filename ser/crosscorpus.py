@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ser.evaluate import scores
+from ser.metrics import scores
 from ser.train import ModelInputs, train
 
 PROTOCOL = "leave_one_corpus_out"
@@ -29,7 +29,7 @@ def _figure(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs 
     params["split"]["protocol"] = PROTOCOL
     params["train"]["speaker_norm"] = speaker_norm
     with tempfile.TemporaryDirectory(prefix="ser-crosscorpus-") as scratch:
-        result = train(metadata, inputs, augmented, params, scratch, track=False, fit_final=False)
+        result = train(metadata, inputs, augmented, params, scratch, fit_final_model=False)
     held_out = {}
     for corpus, rows in result.oof.groupby("corpus"):
         held_out[str(corpus)] = {**scores(rows["y_true"], rows["y_pred"]), "n_clips": int(len(rows))}
@@ -41,7 +41,6 @@ def _figure(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs 
         "speaker_norm": speaker_norm,
         "transductive": speaker_norm != "none",
         "classes": result.classes,
-        "cv_seconds": result.info["cv_seconds"],
     }
 
 

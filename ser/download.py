@@ -5,26 +5,19 @@ file names (the corpus's parser), and that each audio file is readable. What was
 recorded in ``<out>/<corpus>/manifest.csv`` (relative path, size, sha256, problem), and a corpus
 whose manifest still verifies is kept as it is instead of being fetched again.
 
-Downloads stream with a progress bar into ``<name>.part``, resume with an HTTP Range request
-after an interruption, retry with exponential backoff, verify the published checksum, and are
-renamed into place atomically. A file whose checksum does not match is kept aside as
-``<name>.corrupt``. Archives are extracted only if no member could escape the target folder.
+Fetching itself (retries, resumable downloads, checksums, safe extraction) is ``ser.fetch``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import re
 import shutil
-import tarfile
-import time
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +27,18 @@ from tqdm.auto import tqdm
 
 from ser.datasets import CORPORA, get_corpus
 from ser.datasets.base import Corpus, FileNameError, Source, is_audio
+from ser.fetch import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    fetch_file,
+    fetch_response,
+    file_digest,
+    http_session,
+    is_archive,
+    safe_extract,
+    unsafe_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +47,7 @@ MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "size", "sha256", "problem")
 DOWNLOADS_DIR = ".downloads"
 SUMS_NAME = "SHA256SUMS"
-CHUNK_BYTES = 1 << 20
-# Statuses that will not change by asking again.
-PERMANENT_HTTP_ERRORS = frozenset({400, 401, 403, 404, 405, 410, 451})
 SHOWN_NAMES = 20
-
-
-class DownloadError(RuntimeError):
-    """A corpus or file could not be obtained; the message says which, from where, and why."""
-
-
-class ChecksumError(DownloadError):
-    pass
-
-
-class UnsafeArchiveError(DownloadError):
-    pass
 
 
 class IncompleteCorpusError(DownloadError):
@@ -66,30 +56,22 @@ class IncompleteCorpusError(DownloadError):
 
 @dataclass(frozen=True)
 class DownloadSettings:
-    """The ``data.download`` section of params.yaml."""
+    """The ``data.download`` section of params.yaml (its schema is ``ser.params.DownloadParams``)."""
 
-    retries: int = 5
-    backoff_s: float = 2.0
-    timeout_s: float = 60.0
+    retries: int
+    backoff_s: float
+    timeout_s: float
     # False accepts a corpus with fewer clips than its official count (tiny fixture mirrors).
-    strict: bool = True
+    strict: bool
 
     @classmethod
-    def from_params(cls, params: dict[str, Any] | None) -> DownloadSettings:
-        params = dict(params or {})
-        unknown = sorted(set(params) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise ValueError(f"data.download: unknown keys {unknown}")
-        return cls(**params)
+    def from_params(cls, params: dict[str, Any]) -> DownloadSettings:
+        return cls(retries=params["retries"], backoff_s=params["backoff_s"], timeout_s=params["timeout_s"],
+                   strict=params["strict"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Files and checksums
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
+# Official checksums and file listings
 
 
 def expected_checksum(source: Source) -> tuple[str, str] | None:
@@ -100,212 +82,15 @@ def expected_checksum(source: Source) -> tuple[str, str] | None:
     return None
 
 
-def quarantine_corrupt(path: Path) -> Path:
-    """Move ``path`` aside to ``<name>.corrupt`` (numbered if that exists) and return it."""
-    target = path.with_name(path.name.removesuffix(".part") + ".corrupt")
-    number = 1
-    while target.exists():
-        number += 1
-        target = path.with_name(f"{path.name.removesuffix('.part')}.{number}.corrupt")
-    os.replace(path, target)
-    return target
-
-
-def check_file(path: Path, checksum: tuple[str, str] | None, origin: str) -> None:
-    if checksum is None:
-        return
-    algorithm, expected = checksum
-    actual = file_digest(path, algorithm)
-    if actual != expected:
-        corrupt = quarantine_corrupt(path)
-        raise ChecksumError(
-            f"{origin}: {algorithm} is {actual}, expected {expected}; the file is kept aside as {corrupt}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP
-
-
-class _Retryable(Exception):
-    pass
-
-
-def fetch(url: str, dest: str | os.PathLike, *, checksum: tuple[str, str] | None = None,
-          retries: int = 5, backoff_s: float = 2.0, timeout_s: float = 60.0,
-          session: requests.Session | None = None, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` (resumable, retried, checksum-verified, atomic).
-
-    A partial download lives at ``<dest>.part`` and is continued with a Range request, on the
-    next attempt or the next run. Raises :class:`DownloadError` (or :class:`ChecksumError`).
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        try:
-            check_file(dest, checksum, str(dest))
-            return dest
-        except ChecksumError:
-            log.warning("%s exists but fails its checksum: downloading it again", dest)
-    partial = dest.with_name(dest.name + ".part")
-    http = session or requests.Session()
-    last_error = "no attempt made"
-    for attempt in range(retries + 1):
-        if attempt:
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("%s: attempt %d failed (%s); retrying in %.3g s", url, attempt, last_error, delay)
-            time.sleep(delay)
-        try:
-            _fetch_once(http, url, partial, timeout_s, progress)
-        except _Retryable as exc:
-            last_error = str(exc)
-            continue
-        except requests.RequestException as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-            continue
-        check_file(partial, checksum, url)
-        os.replace(partial, dest)
-        return dest
-    tries = f"{retries + 1} attempt" + ("s" if retries else "")
-    raise DownloadError(f"{url}: download failed after {tries}; last error: {last_error}")
-
-
-def _fetch_once(http: requests.Session, url: str, partial: Path, timeout_s: float, progress: bool) -> None:
-    offset = partial.stat().st_size if partial.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with http.get(url, headers=headers, stream=True, timeout=timeout_s) as response:
-        if response.status_code == 416 and offset:
-            # The part file already holds every byte (or more than the server has).
-            size = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
-            if size and int(size.group(1)) == offset:
-                return
-            partial.unlink()
-            raise _Retryable(f"HTTP 416 for a {offset}-byte partial file: starting over")
-        if response.status_code in PERMANENT_HTTP_ERRORS:
-            raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
-        if response.status_code >= 400:
-            raise _Retryable(f"HTTP {response.status_code} {response.reason}")
-        if response.status_code == 206:
-            start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-            if not start or int(start.group(1)) != offset:
-                partial.unlink(missing_ok=True)
-                raise _Retryable(f"server resumed at the wrong byte ({response.headers.get('Content-Range')})")
-            mode = "ab"
-        else:  # 200: the server ignored the Range header, so the whole file comes again
-            offset, mode = 0, "wb"
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        with open(partial, mode) as f, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=partial.name.removesuffix(".part"), disable=not progress, leave=False,
-        ) as bar:
-            # read1 hands over whatever has arrived, so after a cut every received byte is on
-            # disk and the next Range request resumes exactly there.
-            while chunk := _read_some(response):
-                f.write(chunk)
-                bar.update(len(chunk))
-        received = partial.stat().st_size
-        if total is not None and received != total:
-            raise _Retryable(f"connection closed after {received} of {total} bytes")
-
-
-def _read_some(response: requests.Response) -> bytes:
-    try:
-        return response.raw.read1(CHUNK_BYTES)
-    except Exception as exc:  # urllib3 signals a cut connection with several exception types
-        raise _Retryable(f"connection broken: {type(exc).__name__}: {exc}") from None
-
-
-def list_remote_files(source: Source, settings: DownloadSettings,
-                      session: requests.Session | None = None) -> list[str]:
+def list_remote_files(source: Source, *, session: requests.Session, timeout_s: float) -> list[str]:
     """The file paths a ``files`` source lists (a GitHub tree JSON or one path per line)."""
-    http = session or requests.Session()
-    last_error = ""
-    for attempt in range(settings.retries + 1):
-        if attempt:
-            time.sleep(settings.backoff_s * 2 ** (attempt - 1))
-        try:
-            response = http.get(source.listing_url, timeout=settings.timeout_s)
-        except requests.RequestException as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-            continue
-        if response.status_code in PERMANENT_HTTP_ERRORS:
-            raise DownloadError(f"{source.listing_url}: HTTP {response.status_code} {response.reason}")
-        if response.status_code >= 400:
-            last_error = f"HTTP {response.status_code} {response.reason}"
-            continue
-        if "json" in response.headers.get("Content-Type", ""):
-            paths = [entry["path"] for entry in response.json().get("tree", []) if entry.get("type", "blob") == "blob"]
-        else:
-            paths = [line.strip() for line in response.text.splitlines() if line.strip()]
-        pattern = re.compile(source.listing_pattern or ".*")
-        return sorted(p for p in paths if pattern.search(p))
-    raise DownloadError(f"{source.listing_url}: listing failed after {settings.retries + 1} attempts; "
-                        f"last error: {last_error}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Archives
-
-
-def _member_problem(name: str, is_link: bool, is_special: bool) -> str | None:
-    posix = name.replace("\\", "/")
-    if is_link:
-        return "is a link"
-    if is_special:
-        return "is a device or fifo"
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-        return "is an absolute path"
-    if ".." in PurePosixPath(posix).parts:
-        return "climbs out with '..'"
-    return None
-
-
-def unsafe_members(archive: str | os.PathLike) -> list[str]:
-    """Members of a zip or tar archive that could write outside the extraction folder."""
-    archive = Path(archive)
-    found = []
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                mode = info.external_attr >> 16
-                problem = _member_problem(info.filename, (mode & 0o170000) == 0o120000, False)
-                if problem:
-                    found.append(f"{info.filename} ({problem})")
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
-                problem = _member_problem(member.name, member.issym() or member.islnk(),
-                                          member.isdev() or member.isfifo())
-                if problem:
-                    found.append(f"{member.name} ({problem})")
+    response = fetch_response(source.listing_url, session=session, timeout_s=timeout_s, what="listing")
+    if "json" in response.headers.get("Content-Type", ""):
+        paths = [entry["path"] for entry in response.json().get("tree", []) if entry.get("type", "blob") == "blob"]
     else:
-        raise DownloadError(f"{archive}: not a zip or tar archive")
-    return found
-
-
-def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Extract a zip/tar archive into ``target``; refuse it whole if any member is unsafe."""
-    archive, target = Path(archive), Path(target)
-    refused = unsafe_members(archive)
-    if refused:
-        raise UnsafeArchiveError(
-            f"{archive}: refused to extract: {len(refused)} member(s) would escape {target}: "
-            + "; ".join(refused[:SHOWN_NAMES])
-        )
-    target.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(target)
-    else:
-        with tarfile.open(archive) as tf:
-            tf.extractall(target, filter="data")
-    return target
-
-
-def is_archive(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+        paths = [line.strip() for line in response.text.splitlines() if line.strip()]
+    pattern = re.compile(source.listing_pattern or ".*")
+    return sorted(p for p in paths if pattern.search(p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,21 +294,22 @@ def _check_published_sums(folder: Path, copied: Path) -> None:
 
 def _fill_from_source(description: Corpus, source: Source, staging: Path, downloads: Path,
                       settings: DownloadSettings) -> str:
-    fetch_options = dict(retries=settings.retries, backoff_s=settings.backoff_s, timeout_s=settings.timeout_s)
-    if source.kind == "archive":
-        archive = fetch(source.url, downloads / source.archive_name,
-                        checksum=expected_checksum(source), **fetch_options)
-        safe_extract(archive, staging)
-        archive.unlink()  # the verified, extracted tree is what is kept
-        return source.url
-    if source.kind == "files":
-        with requests.Session() as session:
-            for relative in tqdm(list_remote_files(source, settings, session), desc=description.name, unit="file"):
-                if _member_problem(relative, False, False):
-                    raise UnsafeArchiveError(f"{source.listing_url}: refused the listed path {relative}")
-                fetch(source.url + relative, staging / relative, session=session, progress=False, **fetch_options)
-        return source.url
-    raise DownloadError(f"{description.name}: {source.note or 'no automatic download exists'}")
+    if source.kind not in ("archive", "files"):
+        raise DownloadError(f"{description.name}: {source.note or 'no automatic download exists'}")
+    with http_session(retries=settings.retries, backoff_s=settings.backoff_s) as session:
+        if source.kind == "archive":
+            archive = fetch_file(source.url, downloads / source.archive_name, session=session,
+                                 timeout_s=settings.timeout_s, checksum=expected_checksum(source))
+            safe_extract(archive, staging)
+            archive.unlink()  # the verified, extracted tree is what is kept
+            return source.url
+        listed = list_remote_files(source, session=session, timeout_s=settings.timeout_s)
+        for relative in tqdm(listed, desc=description.name, unit="file"):
+            if unsafe_reason(relative):
+                raise UnsafeArchiveError(f"{source.listing_url}: refused the listed path {relative}")
+            fetch_file(source.url + relative, staging / relative, session=session,
+                       timeout_s=settings.timeout_s, progress=False)
+    return source.url
 
 
 def _offline_help(description: Corpus, mirror: Path | None) -> str:
@@ -535,7 +321,25 @@ def _offline_help(description: Corpus, mirror: Path | None) -> str:
             f"<mirror>/{description.name}/ and set {MIRROR_ENV}=<mirror>.")
 
 
-def obtain_corpus(name: str, out: str | os.PathLike, *, settings: DownloadSettings = DownloadSettings(),
+def _fill_staging(description: Corpus, staging: Path, downloads: Path, mirror: Path | None,
+                  source: Source, settings: DownloadSettings) -> tuple[str, str]:
+    """Fill ``staging`` from ``<mirror>/<corpus>/`` when it exists, else from ``source``;
+    return where it came from and the action (``mirror`` or ``downloaded``)."""
+    name = description.name
+    if mirror is not None and (mirror / name).is_dir():
+        return _fill_from_mirror(description, mirror / name, staging), "mirror"
+    if source.kind == "mirror_only":
+        raise DownloadError(f"{name}: {source.note} ({_offline_help(description, mirror)})")
+    try:
+        return _fill_from_source(description, source, staging, downloads, settings), "downloaded"
+    except (ChecksumError, UnsafeArchiveError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+    except DownloadError as exc:
+        raise DownloadError(f"{name}: could not download from {source.url or source.listing_url}: "
+                            f"{exc}. {_offline_help(description, mirror)}") from None
+
+
+def obtain_corpus(name: str, out: str | os.PathLike, *, settings: DownloadSettings,
                   mirror: str | os.PathLike | None = None, source: Source | None = None,
                   ) -> CorpusReport:
     """Make ``<out>/<name>/`` hold the verified corpus and its manifest.
@@ -554,23 +358,9 @@ def obtain_corpus(name: str, out: str | os.PathLike, *, settings: DownloadSettin
     staging = out / f".staging-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    mirror = mirror_root(mirror)
-    mirror_folder = mirror / name if mirror is not None else None
     try:
-        if mirror_folder is not None and mirror_folder.is_dir():
-            origin, action = _fill_from_mirror(description, mirror_folder, staging), "mirror"
-        else:
-            chosen = source or description.source
-            if chosen.kind == "mirror_only":
-                raise DownloadError(f"{name}: {chosen.note} ({_offline_help(description, mirror)})")
-            try:
-                origin = _fill_from_source(description, chosen, staging, out / DOWNLOADS_DIR, settings)
-            except (ChecksumError, UnsafeArchiveError) as exc:
-                raise type(exc)(f"{name}: {exc}") from None
-            except DownloadError as exc:
-                raise DownloadError(f"{name}: could not download from {chosen.url or chosen.listing_url}: "
-                                    f"{exc}. {_offline_help(description, mirror)}") from None
-            action = "downloaded"
+        origin, action = _fill_staging(description, staging, out / DOWNLOADS_DIR, mirror_root(mirror),
+                                       source or description.source, settings)
         verification = verify_corpus(module, staging)
         if not verification.complete:
             if settings.strict:
@@ -612,7 +402,7 @@ def remove_unselected(out: str | os.PathLike, selected: Iterable[str]) -> list[s
     return removed
 
 
-def obtain(corpora: Sequence[str], out: str | os.PathLike, *, settings: DownloadSettings = DownloadSettings(),
+def obtain(corpora: Sequence[str], out: str | os.PathLike, *, settings: DownloadSettings,
            mirror: str | os.PathLike | None = None, sources: dict[str, Source] | None = None,
            ) -> list[CorpusReport]:
     """Obtain every selected corpus into ``out``; one error at the end lists every failure."""

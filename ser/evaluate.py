@@ -1,8 +1,7 @@
 """Scores and figures from out-of-fold predictions (``data/train/oof_predictions.parquet``).
 
-Every number is recomputed from the saved predictions, so any figure can be redrawn without
-training again. UAR is macro recall over the classes present in the scored clips' true labels
-(a corpus without ``calm`` is not charged a zero recall for it).
+Every number is recomputed from the saved predictions (with ``ser.metrics``), so any figure can
+be redrawn without training again.
 
 The figure functions return matplotlib Figures and take plain frames, for reuse by the report.
 """
@@ -22,58 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, f1_score,  # noqa: E402
-                             precision_recall_fscore_support, recall_score)
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
-METRICS = ("uar", "accuracy", "macro_f1")
-
-
-def scores(y_true, y_pred) -> dict[str, float]:
-    y_true = np.asarray(y_true).astype(str)
-    y_pred = np.asarray(y_pred).astype(str)
-    present = sorted(np.unique(y_true))
-    return {"uar": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))}
-
-
-def per_class(y_true, y_pred, classes: list[str]) -> dict[str, dict[str, float]]:
-    precision, recall, f1, support = precision_recall_fscore_support(
-        np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str), labels=classes, zero_division=0)
-    return {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(classes, precision, recall, f1, support)}
-
-
-def summarize(oof: pd.DataFrame, classes: list[str], protocol: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The content of ``metrics/evaluate.json``."""
-    pooled = scores(oof["y_true"], oof["y_pred"])
-    by_fold = [{"fold": int(fold), **scores(rows["y_true"], rows["y_pred"])} for fold, rows in oof.groupby("fold")]
-    folds = {name: {"values": [round(f[name], 6) for f in by_fold],
-                    "mean": float(np.mean([f[name] for f in by_fold])),
-                    "std": float(np.std([f[name] for f in by_fold]))} for name in METRICS}
-    summary: dict[str, Any] = {
-        **pooled,
-        "protocol": protocol,
-        "speaker_dependent": protocol == "random",
-        "n_clips": int(len(oof)),
-        "n_folds": len(by_fold),
-        "folds": folds,
-        "per_class": per_class(oof["y_true"], oof["y_pred"], classes),
-    }
-    if "corpus" in oof.columns and oof["corpus"].nunique() > 1:
-        summary["per_corpus"] = {
-            str(corpus): {**scores(rows["y_true"], rows["y_pred"]), "n_clips": int(len(rows)),
-                          "folds": {name: {"mean": float(np.mean(values)), "std": float(np.std(values))}
-                                    for name, values in _fold_values(rows).items()}}
-            for corpus, rows in oof.groupby("corpus")}
-    summary.update(extra or {})
-    return summary
-
-
-def _fold_values(rows: pd.DataFrame) -> dict[str, list[float]]:
-    per_fold = [scores(r["y_true"], r["y_pred"]) for _, r in rows.groupby("fold")]
-    return {name: [f[name] for f in per_fold] for name in METRICS}
-
+from ser.metrics import summarize  # noqa: E402
 
 # ---- figures ---------------------------------------------------------------------------------
 def confusion_frame(oof: pd.DataFrame, classes: list[str], normalize: bool = True) -> pd.DataFrame:
@@ -161,23 +111,22 @@ def plot_per_class(report: dict[str, dict[str, float]], title: str = "Per-class 
 
 # ---- the stage's work ------------------------------------------------------------------------------
 def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plots_dir: str | os.PathLike,
-             protocol: str | None = None, track: bool = True) -> dict[str, Any]:
-    """Write ``metrics_path`` and the plots from ``train_dir``; log them to the training run."""
+             protocol: str | None = None) -> tuple[dict[str, Any], str]:
+    """Write ``metrics_path`` and the plots from ``train_dir``; returns the summary and the
+    per-class text report (``ser.tracking.log_evaluation`` adds both to the training run)."""
     train_dir, metrics_path, plots_dir = Path(train_dir), Path(metrics_path), Path(plots_dir)
     oof = pd.read_parquet(train_dir / "oof_predictions.parquet")
     classes = json.loads((train_dir / "classes.json").read_text(encoding="utf-8"))
     history = pd.read_csv(train_dir / "history.csv")
-    info_path = train_dir / "train_info.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    trained_protocol = info.get("protocol", protocol)
-    if protocol and trained_protocol and protocol != trained_protocol:
-        raise ValueError(f"split.protocol is '{protocol}' but {train_dir} was trained with '{trained_protocol}'; "
+    info = json.loads((train_dir / "train_info.json").read_text(encoding="utf-8"))
+    if protocol and protocol != info["protocol"]:
+        raise ValueError(f"split.protocol is '{protocol}' but {train_dir} was trained with '{info['protocol']}'; "
                          "re-run the train stage")
-    protocol = trained_protocol or "speaker_kfold"
+    protocol = info["protocol"]
     summary = summarize(oof, classes, protocol, {
-        "model_type": info.get("model_type"), "feature_input": info.get("feature_input"),
-        "target": info.get("target"), "classes": classes,
-        "speaker_norm": info.get("speaker_norm", "none"), "transductive": bool(info.get("transductive", False))})
+        "model_type": info["model_type"], "feature_input": info["feature_input"],
+        "target": info["target"], "classes": classes,
+        "speaker_norm": info["speaker_norm"], "transductive": bool(info["transductive"])})
     if summary["speaker_dependent"]:
         summary["warning"] = "random protocol: speakers appear on both sides; scores are speaker-dependent"
     elif summary["transductive"]:
@@ -193,7 +142,7 @@ def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plot
     suffix = (" [SPEAKER-DEPENDENT]" if summary["speaker_dependent"]
               else " [TRANSDUCTIVE: speaker-normalized]" if summary["transductive"] else "")
     figures = {
-        "confusion.png": plot_confusion(oof, classes, f"{info.get('model_type', '')} confusion, {protocol}{suffix}"),
+        "confusion.png": plot_confusion(oof, classes, f"{info['model_type']} confusion, {protocol}{suffix}"),
         "curves.png": plot_curves(history),
         "per_class.png": plot_per_class(summary["per_class"]),
     }
@@ -202,35 +151,5 @@ def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plot
         plt.close(figure)
     report = classification_report(oof["y_true"].astype(str), oof["y_pred"].astype(str), labels=classes,
                                    zero_division=0, digits=4)
-    if track:
-        log_to_run(train_dir, summary, plots_dir, report)
-    return summary
+    return summary, report
 
-
-def log_to_run(train_dir: Path, summary: dict[str, Any], plots_dir: Path, report: str) -> None:
-    """Reopen the training run (``run.json``) and add the evaluation to it."""
-    import mlflow
-
-    from ser import tracking
-    from ser.config import repo_root
-
-    run = tracking.read_run_file(train_dir)
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    metrics = {name: summary[name] for name in METRICS}
-    for name in METRICS:
-        metrics[f"{name}_fold_mean"] = summary["folds"][name]["mean"]
-        metrics[f"{name}_fold_std"] = summary["folds"][name]["std"]
-    for corpus, values in summary.get("per_corpus", {}).items():
-        metrics.update({f"{corpus}_{name}": values[name] for name in METRICS})
-    with tracking.retry(lambda: mlflow.start_run(run_id=run["run_id"])):
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag("protocol", summary["protocol"])
-        mlflow.set_tag("speaker_dependent", str(summary["speaker_dependent"]))
-        mlflow.log_dict(summary, "evaluate.json")
-        mlflow.log_text(report, "classification_report.txt")
-        mlflow.log_artifacts(str(plots_dir), "plots")
-        params_file = repo_root() / "params.yaml"
-        if Path("params.yaml").is_file():
-            mlflow.log_artifact("params.yaml")
-        elif params_file.is_file():
-            mlflow.log_artifact(str(params_file))

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from ser.audio import AudioError, decode
-from ser.config import repo_root
 from ser.datasets import get_corpus
 from ser.datasets.base import FileNameError, is_audio
 from ser.executor import Executor, make_executor
@@ -122,13 +121,13 @@ def link_duplicates(frame: pd.DataFrame) -> pd.Series:
 
 
 def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: dict[str, Any], *,
-              root: str | os.PathLike | None = None, executor: Executor | None = None) -> pd.DataFrame:
+              root: str | os.PathLike, executor: Executor | None = None) -> pd.DataFrame:
     """The metadata table of ``corpora`` under ``raw`` (``params`` is the ``data:`` section).
 
-    ``path`` is written relative to ``root`` (the repository root by default).
+    ``path`` is written relative to ``root`` (the repository root).
     """
     raw = Path(raw).resolve()
-    root = Path(root).resolve() if root is not None else repo_root()
+    root = Path(root).resolve()
     rows = []
     for corpus in corpora:
         folder = raw / corpus
@@ -139,7 +138,7 @@ def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: dict[str, 
         if not corpus_rows:
             raise FileNotFoundError(f"{folder}: corpus '{corpus}' holds no audio files")
         rows.extend(corpus_rows)
-    executor = executor or make_executor(params.get("executor", "process"), int(params.get("workers", 0)))
+    executor = executor or make_executor(params["executor"], int(params["workers"]))
     measured: dict[str, Probe] = {}
     for outcome in executor.map(probe, [row["_absolute"] for row in rows], desc="probe", total=len(rows)):
         measured[outcome.item] = outcome.value if outcome.ok else Probe(problem=f"{outcome.item}: {outcome.error}")
@@ -194,7 +193,7 @@ def write_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def run(raw: str | os.PathLike, out: str | os.PathLike, summary_path: str | os.PathLike,
-        params: dict[str, Any], *, root: str | os.PathLike | None = None,
+        params: dict[str, Any], *, root: str | os.PathLike,
         executor: Executor | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Harmonize ``params["corpora"]``, write the validated table and the summary."""
     frame = harmonize(raw, params["corpora"], params, root=root, executor=executor)

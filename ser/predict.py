@@ -19,16 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# opensmile before anything that may pull in tensorflow (see docs/ARCHITECTURE.md).
-import ser.features  # noqa: F401  (import order: opensmile first)
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ser.audio import AudioError, AudioSource, describe_source, load_audio, normalize
 
-DEFAULT_WINDOW_S = 3.0
-DEFAULT_HOP_S = 1.5
 # Windows scored per model call: bounds memory for a long recording, keeps calls efficient.
 WINDOW_BATCH = 32
 # Above this many windows a recording shows a progress bar.
@@ -135,7 +131,7 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
 class Predictor:
     """Scores audio with a :class:`~ser.models.bundle.ModelBundle` (window by window)."""
 
-    def __init__(self, bundle: Any, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S):
+    def __init__(self, bundle: Any, window_s: float, hop_s: float):
         if window_s <= 0 or hop_s <= 0:
             raise ValueError(f"predict.window_s and predict.hop_s must be positive, got {window_s}, {hop_s}")
         self.bundle = bundle
@@ -279,31 +275,6 @@ class Predictor:
             return Prediction(source=name, error=failure_message(exc, name))
 
 
-def predictions_table(predictions: Sequence[Prediction], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Flat rows (path, label, one column per class, error) for table and CSV output."""
-    rows = []
-    for prediction in predictions:
-        row: dict[str, Any] = {"path": prediction.source, "label": prediction.label or ""}
-        for name in classes:
-            value = prediction.probabilities.get(name)
-            row[name] = "" if value is None else value
-        row["error"] = prediction.error or ""
-        rows.append(row)
-    return rows
-
-
-def project_section(name: str) -> dict[str, Any]:
-    """A section of the project's params.yaml, or ``{}`` outside a project checkout."""
-    from ser.config import DEFAULT_PARAMS, load_params, repo_root
-
-    params_path = repo_root() / DEFAULT_PARAMS
-    if not params_path.is_file():
-        return {}
-    return load_params(params_path).get(name) or {}
-
-
-def load_bundle_predictor(folder: str | os.PathLike) -> Predictor:
-    """A Predictor over a ModelBundle folder, windowed as the project's ``predict:`` section says."""
-    settings = project_section("predict")
-    return Predictor.from_bundle_dir(folder, window_s=settings.get("window_s", DEFAULT_WINDOW_S),
-                                     hop_s=settings.get("hop_s", DEFAULT_HOP_S))
+def load_bundle_predictor(folder: str | os.PathLike, predict_params: dict[str, Any]) -> Predictor:
+    """A Predictor over a ModelBundle folder, windowed as the ``predict:`` section says."""
+    return Predictor.from_bundle_dir(folder, window_s=predict_params["window_s"], hop_s=predict_params["hop_s"])

@@ -27,8 +27,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-# opensmile before anything that may pull in tensorflow (see docs/ARCHITECTURE.md).
-import ser.features  # noqa: F401  (import order: opensmile first)
 
 import mlflow
 import numpy as np
@@ -40,13 +38,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ser.audio import AudioError
-from ser.predict import (DEFAULT_HOP_S, DEFAULT_WINDOW_S, Prediction, Predictor, audio_error_message,
-                         load_bundle_predictor, project_section)
-from ser.tracking import tracking_uri
+from ser.predict import Prediction, Predictor, audio_error_message, load_bundle_predictor
 
 BUNDLE_ARTIFACT = "bundle"
-DEFAULT_MAX_BYTES = 10_000_000
-DEFAULT_REGISTERED_MODEL = "ser-emotion"
 AGGREGATE_WINDOW = -1  # the ``window`` value of a recording's aggregate row in windows=true output
 
 # What the model needs at serving time; versions are pinned to what trained it.
@@ -67,8 +61,7 @@ warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.
 class AudioEmotionModel(mlflow.pyfunc.PythonModel):
     """Audio in, emotion label and class probabilities out (see the module docstring)."""
 
-    def __init__(self, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, window_s: float, hop_s: float, max_bytes: int):
         self.window_s = float(window_s)
         self.hop_s = float(hop_s)
         self.max_bytes = int(max_bytes)
@@ -218,19 +211,14 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def _model_arguments(bundle_dir: str | os.PathLike, predict_params: dict[str, Any] | None,
-                     serve_params: dict[str, Any] | None, max_bytes: int | None) -> dict[str, Any]:
+def _model_arguments(bundle_dir: str | os.PathLike, predict_params: dict[str, Any],
+                     serve_params: dict[str, Any]) -> dict[str, Any]:
     from ser.models.bundle import ModelBundle
 
     bundle_dir = Path(bundle_dir)
     bundle = ModelBundle.load(bundle_dir)  # fail here, not at serving time, on a broken bundle
-    predict_params = predict_params if predict_params is not None else project_section("predict")
-    serve_params = serve_params if serve_params is not None else project_section("serve")
-    python_model = AudioEmotionModel(
-        window_s=predict_params.get("window_s", DEFAULT_WINDOW_S),
-        hop_s=predict_params.get("hop_s", DEFAULT_HOP_S),
-        max_bytes=max_bytes if max_bytes is not None else serve_params.get("max_bytes", DEFAULT_MAX_BYTES),
-    )
+    python_model = AudioEmotionModel(window_s=predict_params["window_s"], hop_s=predict_params["hop_s"],
+                                     max_bytes=serve_params["max_bytes"])
     return {
         "python_model": python_model,
         "artifacts": {BUNDLE_ARTIFACT: str(bundle_dir)},
@@ -241,54 +229,48 @@ def _model_arguments(bundle_dir: str | os.PathLike, predict_params: dict[str, An
     }
 
 
-def log_model(bundle_dir: str | os.PathLike, registered_model_name: str | None = None, name: str = "model",
-              predict_params: dict[str, Any] | None = None, serve_params: dict[str, Any] | None = None,
-              max_bytes: int | None = None, **kwargs: Any):
+def log_model(bundle_dir: str | os.PathLike, predict_params: dict[str, Any], serve_params: dict[str, Any],
+              registered_model_name: str | None = None, name: str = "model", **kwargs: Any):
     """Log a ModelBundle folder as the audio-in pyfunc model (to the active run, if any).
 
-    ``predict_params``/``serve_params`` default to the ``predict:``/``serve:`` sections of the
-    project's params.yaml; ``max_bytes`` overrides ``serve.max_bytes``. Extra keyword arguments
-    go to :func:`mlflow.pyfunc.log_model`. Returns its ``ModelInfo``.
+    ``predict_params``/``serve_params`` are the ``predict:``/``serve:`` sections (windowing and
+    payload limit of the served model). Extra keyword arguments go to
+    :func:`mlflow.pyfunc.log_model`. Returns its ``ModelInfo``.
     """
-    arguments = _model_arguments(bundle_dir, predict_params, serve_params, max_bytes)
+    arguments = _model_arguments(bundle_dir, predict_params, serve_params)
     return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **arguments, **kwargs)
 
 
-def save_model(bundle_dir: str | os.PathLike, path: str | os.PathLike,
-               predict_params: dict[str, Any] | None = None, serve_params: dict[str, Any] | None = None,
-               max_bytes: int | None = None, **kwargs: Any) -> Path:
-    """Write the same pyfunc model to a local folder (e.g. ``data/train/model``)."""
-    arguments = _model_arguments(bundle_dir, predict_params, serve_params, max_bytes)
-    mlflow.pyfunc.save_model(path=str(path), **arguments, **kwargs)
+def save_model(bundle_dir: str | os.PathLike, path: str | os.PathLike, predict_params: dict[str, Any],
+               serve_params: dict[str, Any], **kwargs: Any) -> Path:
+    """Write the same pyfunc model to a local folder (what the serving benchmark serves)."""
+    mlflow.pyfunc.save_model(path=str(path), **_model_arguments(bundle_dir, predict_params, serve_params), **kwargs)
     return Path(path)
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def load_predictor(model: str | os.PathLike | None = None, registered_model: str | None = None) -> tuple[Predictor, str]:
+def load_predictor(model: str | os.PathLike | None, *, tracking_uri: str, registered_model: str,
+                   predict_params: dict[str, Any]) -> tuple[Predictor, str]:
     """A Predictor and a description of where it came from.
 
-    ``model`` is a local ModelBundle folder, a local MLflow model folder, or an MLflow model URI;
-    ``None`` means the latest version of the registered model (``mlflow.registered_model`` in
-    params.yaml, else ``ser-emotion``) in the project's tracking store.
+    ``model`` is a local ModelBundle folder (windowed by ``predict_params``), a local MLflow
+    model folder, or an MLflow model URI resolved against ``tracking_uri``; ``None`` means the
+    latest version of ``registered_model`` there.
     """
     if model is not None and Path(model).is_dir():
         folder = Path(model)
         if (folder / "bundle.json").is_file():
-            return load_bundle_predictor(folder), f"bundle {folder}"
+            return load_bundle_predictor(folder, predict_params), f"bundle {folder}"
         if (folder / "MLmodel").is_file():
             return _unwrap(mlflow.pyfunc.load_model(str(folder))), f"MLflow model {folder}"
         raise ValueError(f"{folder}: neither an MLflow model folder (no MLmodel) nor a model bundle (no bundle.json)")
-    uri = str(model) if model is not None else None
-    if uri is None:
-        name = registered_model or project_section("mlflow").get("registered_model") or DEFAULT_REGISTERED_MODEL
-        uri = f"models:/{name}/latest"
-    store = tracking_uri()
+    uri = str(model) if model is not None else f"models:/{registered_model}/latest"
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(store)  # models:/ and runs:/ URIs resolve against the project's store
+    mlflow.set_tracking_uri(tracking_uri)  # models:/ and runs:/ URIs resolve against the project's store
     try:
         loaded = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise ValueError(f"cannot load model '{uri}' from {store}: {exc.message}. "
+        raise ValueError(f"cannot load model '{uri}' from {tracking_uri}: {exc.message}. "
                          "Train one first (dvc repro) or pass --model") from None
     finally:
         mlflow.set_tracking_uri(previous)

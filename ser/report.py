@@ -1,8 +1,9 @@
 """A static HTML report of the data, the features and the model, with its figures beside it.
 
 :func:`build_report` reads the pipeline's outputs (``metadata.parquet``, the feature tables,
-``data/train/`` and ``metrics/evaluate.json``) and writes ``index.html`` plus one PNG per figure
-into a folder; :func:`log_report` logs that folder to the training run in MLflow.
+``data/train/`` and ``metrics/evaluate.json``) and writes ``index.html`` (rendered from
+``ser/templates/report.html.j2``) plus one PNG per figure into a folder; :func:`log_report` logs
+that folder to the training run in MLflow.
 
 Figures (file names are stable; :data:`FIGURES` lists them):
 
@@ -15,13 +16,14 @@ Figures (file names are stable; :data:`FIGURES` lists them):
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a build machine
@@ -30,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ser import evaluate
+from ser import evaluate, metrics
 
 FIGURES = {
     "data_counts": "Clips per corpus and emotion",
@@ -244,17 +246,17 @@ def plot_feature_distributions(features: pd.DataFrame, metadata: pd.DataFrame):
 
 
 # ---- model ----------------------------------------------------------------------------------------
-# Scores and the confusion / curves / per-class figures come from ser.evaluate, so the report
-# and metrics/evaluate.json can never disagree.
+# Scores come from ser.metrics and the confusion / curves / per-class figures from ser.evaluate,
+# the code that writes metrics/evaluate.json, so the report and that file can never disagree.
 def scores_by(oof: pd.DataFrame, column: str) -> pd.DataFrame:
-    table = pd.DataFrame({key: {**evaluate.scores(rows["y_true"], rows["y_pred"]), "clips": len(rows)}
+    table = pd.DataFrame({key: {**metrics.scores(rows["y_true"], rows["y_pred"]), "clips": len(rows)}
                           for key, rows in oof.groupby(column)}).T.rename_axis(column)
     table["clips"] = table["clips"].astype(int)
     return table
 
 
 def per_class_table(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(evaluate.per_class(oof["y_true"], oof["y_pred"], classes)).T.rename_axis("class")
+    return pd.DataFrame(metrics.per_class(oof["y_true"], oof["y_pred"], classes)).T.rename_axis("class")
 
 
 def plot_score_bars(table: pd.DataFrame, title: str):
@@ -271,59 +273,57 @@ def plot_score_bars(table: pd.DataFrame, title: str):
 
 
 # ---- the report -----------------------------------------------------------------------------------
-def _table_html(table: pd.DataFrame, digits: int = 3) -> str:
-    return table.to_html(float_format=lambda v: f"{v:.{digits}f}", border=0, classes="table")
+@dataclass
+class PipelineOutputs:
+    """What the earlier stages wrote, read once and shared by the figures and the page."""
+
+    metadata: pd.DataFrame
+    oof: pd.DataFrame
+    history: pd.DataFrame
+    classes: list[str]
+    evaluation: dict[str, Any]
+    run: dict[str, Any]
+
+    @property
+    def protocol(self) -> str:
+        return find_protocol(self.evaluation, self.run)
+
+    @property
+    def model_type(self) -> str:
+        run, evaluation = self.run, self.evaluation
+        return str(run.get("model_type") or evaluation.get("model_type") or run.get("model", "the model"))
 
 
-def _figure_html(report: Report, name: str, caption: str = "") -> str:
-    if name not in report.figures:
-        return ""
-    text = html.escape(caption or FIGURES[name])
-    return (f'<figure id="{name}"><img src="{report.figures[name].name}" alt="{text}">'
-            f"<figcaption>{text}</figcaption></figure>")
+@dataclass
+class ShownTables:
+    """The tables printed beside their figures."""
+
+    counts: pd.DataFrame
+    examples: pd.DataFrame
+    per_class: pd.DataFrame
+    per_corpus: pd.DataFrame
+    per_fold: pd.DataFrame
 
 
-PAGE_STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;color:#1d2330;max-width:1100px;margin:0 auto;padding:24px}
-h1{margin-bottom:4px} .protocol{font-size:17px;background:#eef2ff;padding:8px 12px;border-radius:8px}
-figure{margin:16px 0} img{max-width:100%} figcaption{color:#667085;font-size:13px}
-table.table{border-collapse:collapse;font-size:13px;margin:8px 0}
-table.table td,table.table th{padding:3px 10px;border-bottom:1px solid #e4e7ec;text-align:right}
-.notes{color:#b42318}
-"""
-
-
-def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLike, train_dir: str | os.PathLike,
-                 metrics_path: str | os.PathLike, out_dir: str | os.PathLike,
-                 root: str | os.PathLike | None = None) -> Report:
-    """Write ``index.html`` and every figure of :data:`FIGURES` into ``out_dir``."""
-    from tqdm.auto import tqdm
-
-    from ser.config import repo_root
-
-    root = Path(root) if root is not None else repo_root()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.png"):
-        stale.unlink()
-    report = Report(out)
-    train_dir, features_dir = Path(train_dir), Path(features_dir)
-
-    metadata = pd.read_parquet(metadata_path)
+def read_outputs(metadata_path: str | os.PathLike, train_dir: Path, metrics_path: str | os.PathLike) -> PipelineOutputs:
     oof = pd.read_parquet(train_dir / "oof_predictions.parquet")
     oof["y_true"], oof["y_pred"] = oof["y_true"].astype(str), oof["y_pred"].astype(str)
     history_path = train_dir / "history.csv"
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame()
-    classes = _classes(train_dir, oof)
-    evaluation = _read_json(Path(metrics_path))
-    run = {**_read_json(train_dir / "train_info.json"), **_read_json(train_dir / "run.json")}
-    protocol = find_protocol(evaluation, run)
-    model_type = str(run.get("model_type") or evaluation.get("model_type") or run.get("model", "the model"))
+    return PipelineOutputs(metadata=pd.read_parquet(metadata_path), oof=oof, history=history,
+                           classes=_classes(train_dir, oof), evaluation=_read_json(Path(metrics_path)),
+                           run={**_read_json(train_dir / "train_info.json"), **_read_json(train_dir / "run.json")})
 
+
+def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, report: Report) -> ShownTables:
+    """Save every figure of :data:`FIGURES` into ``report.folder``; returns the tables shown beside them."""
+    from tqdm.auto import tqdm
+
+    metadata, oof, classes = outputs.metadata, outputs.oof, outputs.classes
     steps = tqdm(total=len(FIGURES), desc="report figures", unit="figure")
 
     def done(name: str, fig) -> None:
-        _save(fig, out, name, report)
+        _save(fig, report.folder, name, report)
         steps.update(1)
 
     counts_fig, counts = plot_counts(metadata)
@@ -339,67 +339,116 @@ def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLi
         done("feature_distributions", _message_figure(f"No feature tables found in {features_dir}."))
     else:
         done("feature_distributions", plot_feature_distributions(features, metadata))
-    done("model_confusion", evaluate.plot_confusion(oof, classes, f"Confusion matrix, {protocol} (row-normalized)"))
-    done("model_curves", evaluate.plot_curves(history))
+    confusion_title = f"Confusion matrix, {outputs.protocol} (row-normalized)"
+    done("model_confusion", evaluate.plot_confusion(oof, classes, confusion_title))
+    done("model_curves", evaluate.plot_curves(outputs.history))
     per_class = per_class_table(oof, classes)
-    done("model_per_class", evaluate.plot_per_class(evaluate.per_class(oof["y_true"], oof["y_pred"], classes)))
+    done("model_per_class", evaluate.plot_per_class(metrics.per_class(oof["y_true"], oof["y_pred"], classes)))
     per_corpus = scores_by(oof, "corpus")
     done("model_per_corpus", plot_score_bars(per_corpus, "Scores per corpus (out-of-fold)"))
     per_fold = scores_by(oof, "fold")
     done("model_per_fold", plot_score_bars(per_fold, "Scores per fold (out-of-fold)"))
     steps.close()
+    return ShownTables(counts=counts, examples=examples, per_class=per_class, per_corpus=per_corpus, per_fold=per_fold)
 
-    overall = {**evaluate.scores(oof["y_true"], oof["y_pred"]), "clips": len(oof)}
-    statuses = metadata["status"].value_counts().to_dict()
-    sections = [
-        f"<h1>ser report</h1>",
-        f'<p class="protocol">Evaluation protocol: <strong>{html.escape(protocol)}</strong>'
-        f" &middot; model: <strong>{html.escape(model_type)}</strong>"
-        f" &middot; out-of-fold accuracy {overall['accuracy']:.3f}, UAR {overall['uar']:.3f},"
-        f" macro F1 {overall['macro_f1']:.3f} over {overall['clips']} clips"
-        + (" &middot; <strong>TRANSDUCTIVE</strong>: features normalized per test speaker with that speaker's "
-           "unlabeled clips" if evaluation.get("transductive") else "") + "</p>",
-        "<h2>Data</h2>",
-        f"<p>{len(metadata)} clips: " + ", ".join(f"{v} {html.escape(str(k))}" for k, v in statuses.items()) + ".</p>",
-        _figure_html(report, "data_counts"), _table_html(counts, 0),
-        _figure_html(report, "data_durations"),
-        _figure_html(report, "data_waveforms"), _figure_html(report, "data_spectrograms"),
-        "<p>Example clips: " + ", ".join(f"{html.escape(e)}: <code>{html.escape(str(r['utterance_id']))}</code>"
-                                          for e, r in examples.iterrows()) + "</p>",
-        "<h2>Features</h2>", _figure_html(report, "feature_distributions"),
-        "<h2>Model</h2>", _figure_html(report, "model_confusion"), _figure_html(report, "model_curves"),
-        _figure_html(report, "model_per_class"), _table_html(per_class),
-        _figure_html(report, "model_per_corpus"), _table_html(per_corpus),
-        _figure_html(report, "model_per_fold"), _table_html(per_fold),
-    ]
-    if evaluation:
-        headline = {k: v for k, v in evaluation.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-        if headline:
-            sections += ["<h3>metrics/evaluate.json</h3>",
-                         _table_html(pd.DataFrame({"value": pd.Series(headline, dtype=object)}))]
-    if report.notes:
-        sections.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ser report</title>'
-            f"<style>{PAGE_STYLE}</style></head><body>{''.join(sections)}</body></html>")
-    report.index.write_text(page, encoding="utf-8")
+
+# ---- the page -------------------------------------------------------------------------------------
+# The markup lives in ser/templates/report.html.j2; Python only hands it plain values.
+def format_number(value: Any, digits: int) -> str:
+    """Floats with ``digits`` decimals, anything else as text: how pandas' ``float_format`` printed tables."""
+    if isinstance(value, (float, np.floating)):
+        return "NaN" if np.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Escaping on for every template, whatever its name: labels, corpus names and clip ids come
+    # from the data. StrictUndefined turns a context key the template expects but did not get
+    # into an error instead of a silently blank cell.
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("ser", "templates"),
+                                     autoescape=jinja2.select_autoescape(("html", "html.j2"), default=True),
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["number"] = format_number
+    return environment
+
+
+def _axis_name(name: Any) -> str:
+    return "" if name is None else str(name)
+
+
+def table_context(frame: pd.DataFrame, digits: int = 3) -> dict[str, Any]:
+    """A table as plain values; the template formats the numbers with ``digits`` decimals."""
+    return {"columns_name": _axis_name(frame.columns.name), "index_name": _axis_name(frame.index.name),
+            "columns": [str(c) for c in frame.columns], "digits": digits,
+            "rows": [{"label": str(label), "cells": list(cells)} for label, *cells in frame.itertuples(name=None)]}
+
+
+def _evaluation_table(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    headline = {k: v for k, v in evaluation.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if not headline:
+        return None
+    return table_context(pd.DataFrame({"value": pd.Series(headline, dtype=object)}))
+
+
+def page_context(report: Report, outputs: PipelineOutputs, tables: ShownTables) -> dict[str, Any]:
+    """Everything ``report.html.j2`` shows, as plain values."""
+    oof, metadata = outputs.oof, outputs.metadata
+    return {
+        "protocol": outputs.protocol,
+        "model_type": outputs.model_type,
+        "transductive": bool(outputs.evaluation.get("transductive")),
+        "overall": {**metrics.scores(oof["y_true"], oof["y_pred"]), "clips": len(oof)},
+        "clips": len(metadata),
+        "statuses": [{"name": str(name), "count": int(count)}
+                     for name, count in metadata["status"].value_counts().items()],
+        "examples": [{"emotion": str(emotion), "utterance_id": str(row["utterance_id"])}
+                     for emotion, row in tables.examples.iterrows()],
+        "figures": {name: {"src": path.name, "caption": FIGURES[name]} for name, path in report.figures.items()},
+        "counts": table_context(tables.counts, digits=0),
+        "per_class": table_context(tables.per_class),
+        "per_corpus": table_context(tables.per_corpus),
+        "per_fold": table_context(tables.per_fold),
+        "evaluation": _evaluation_table(outputs.evaluation),
+        "notes": list(report.notes),
+    }
+
+
+def render_page(context: dict[str, Any]) -> str:
+    return _environment().get_template("report.html.j2").render(context)
+
+
+def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLike, train_dir: str | os.PathLike,
+                 metrics_path: str | os.PathLike, out_dir: str | os.PathLike, root: str | os.PathLike) -> Report:
+    """Write ``index.html`` and every figure of :data:`FIGURES` into ``out_dir``; relative clip
+    paths are read under ``root``."""
+    root = Path(root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.png"):
+        stale.unlink()
+    report = Report(out)
+    outputs = read_outputs(metadata_path, Path(train_dir), metrics_path)
+    tables = draw_figures(outputs, Path(features_dir), root, report)
+    report.index.write_text(render_page(page_context(report, outputs, tables)), encoding="utf-8")
     return report
 
 
-def log_report(report_dir: str | os.PathLike, run_json: str | os.PathLike, artifact_path: str = "report") -> str | None:
+def log_report(report_dir: str | os.PathLike, run_json: str | os.PathLike, tracking_uri: str | None = None,
+               artifact_path: str = "report") -> str | None:
     """Log the report folder to the MLflow run named in ``run.json``; returns the run id.
 
-    Returns ``None`` (and logs nothing) when ``run.json`` names no run; a named run that cannot
-    be reached is an error.
+    The store is ``tracking_uri`` when given, else the one ``run.json`` recorded. Returns
+    ``None`` (and logs nothing) when ``run.json`` names no run; a named run that cannot be
+    reached is an error.
     """
     from mlflow.tracking import MlflowClient
-
-    from ser.tracking import tracking_uri as default_tracking_uri
 
     run = _read_json(Path(run_json))
     run_id = find_run_id(run)
     if run_id is None:
         return None
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or run.get("tracking_uri") or default_tracking_uri()
+    tracking_uri = tracking_uri or run["tracking_uri"]
     client = MlflowClient(tracking_uri=tracking_uri)
     client.get_run(run_id)  # a clear MlflowException if the run is not in this store
     client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)

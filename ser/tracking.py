@@ -1,41 +1,42 @@
-"""MLflow tracking: where runs go, what every run is tagged with, and reopening a run.
+"""MLflow tracking: the training run (parent + one nested run per fold), its dataset, the
+served model it registers, the evaluation added to it, and reopening it later.
 
-The store is ``sqlite:///<repo root>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` is set.
-``ser.config.repo_root()`` honours ``DVC_ROOT``, which DVC points at the main work tree even
-for ``dvc exp run --temp`` / ``--queue`` workers, so queued experiments land in the same store
-(and the same ``mlartifacts/`` folder) instead of a temporary copy that is then deleted.
-
-Two queue workers may touch the SQLite store at the same moment; store set-up and the first
-writes are retried on "database is locked" and on the experiment being created concurrently.
+The store's URI is an argument (entry points take it from ``ser.project.tracking_uri()``).
+Two ``dvc exp`` queue workers may touch a SQLite store at the same moment; store set-up and the
+first writes are retried on "database is locked" and on the experiment being created
+concurrently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
-from ser.config import flatten, repo_root
+from ser.params import flatten
 
 T = TypeVar("T")
 RUN_FILE = "run.json"
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+# The MLflow 3 UI opens an experiment on its GenAI overview unless told it holds models.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def artifact_location(uri: str | None = None) -> str | None:
+def artifact_location(uri: str) -> str | None:
     """``mlartifacts/`` beside a SQLite store (absolute, so runs from temporary DVC work trees
     keep their artifacts); None (MLflow's default) for other stores."""
-    uri = uri or tracking_uri()
     if not uri.startswith("sqlite:///"):
         return None
     database = Path(uri[len("sqlite:///"):])
@@ -57,19 +58,22 @@ def retry(action: Callable[[], T], attempts: int = 8, wait_s: float = 0.5) -> T:
     raise AssertionError("unreachable")
 
 
-def use_experiment(name: str) -> str:
-    """Point mlflow at the project store and at experiment ``name`` (created if missing)."""
+def use_experiment(uri: str, name: str) -> str:
+    """Point mlflow at the store ``uri`` and at experiment ``name`` (created if missing, and
+    marked as a model-training experiment for the UI)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(uri)
 
     def get_or_create() -> str:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            return mlflow.create_experiment(name, artifact_location=artifact_location())
+            return mlflow.create_experiment(name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND)
+        if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
-    uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
 
@@ -106,10 +110,6 @@ def data_hash(metadata: pd.DataFrame) -> str:
 
 def run_tags(metadata: pd.DataFrame | None = None, extra: dict[str, Any] | None = None) -> dict[str, str]:
     tags = {"git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc_exp_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     if metadata is not None:
         tags["data_hash"] = data_hash(metadata)
     for key, value in (extra or {}).items():
@@ -122,10 +122,10 @@ def loggable_params(params: dict[str, Any]) -> dict[str, str]:
     return {key: str(value)[:6000] for key, value in flatten(params).items()}
 
 
-def write_run_file(folder: str | os.PathLike, run_id: str, experiment_id: str, experiment: str) -> Path:
+def write_run_file(folder: str | os.PathLike, run_id: str, experiment_id: str, experiment: str, uri: str) -> Path:
     path = Path(folder) / RUN_FILE
     path.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "experiment": experiment,
-                                "tracking_uri": tracking_uri()}, indent=2), encoding="utf-8")
+                                "tracking_uri": uri}, indent=2), encoding="utf-8")
     return path
 
 
@@ -134,3 +134,150 @@ def read_run_file(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no MLflow run recorded by training")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---- the training run -------------------------------------------------------------------------
+@dataclass
+class RunSettings:
+    """Where and how ``ser.train.train`` records its run (built by the entry point)."""
+
+    uri: str
+    experiment: str
+    registered_model: str
+    run_name: str
+    logged_params: dict[str, Any]         # the run's params: the whole params.yaml in the stage
+    predict_params: dict[str, Any]        # the served model's windowing ...
+    serve_params: dict[str, Any]          # ... and payload limit
+    tags: dict[str, str] = field(default_factory=dict)
+    dataset_source: str = "data/interim/metadata.parquet"
+
+
+def training_dataset(metadata: pd.DataFrame, source: str, target: str):
+    """The clips a model was trained on as an MLflow dataset (digest: ids + decoded-sample hashes)."""
+    import mlflow.data
+
+    columns = [c for c in ("utterance_id", "corpus", "speaker", "gender", "emotion", "pcm_sha256") if c in metadata]
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source class twice and says so for every local path.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return mlflow.data.from_pandas(metadata[columns].reset_index(drop=True), source=source, name="metadata",
+                                       targets=target if target in columns else None, digest=data_hash(metadata))
+
+
+class TrainingRun:
+    """MLflow side of ``ser.train.train``: a no-op without settings."""
+
+    def __init__(self, settings: RunSettings | None, metadata: pd.DataFrame, tags: dict[str, Any], target: str):
+        self.settings = settings
+        self.metadata = metadata
+        self.tags = tags
+        self.target = target
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def parent(self):
+        if self.settings is None:
+            return contextlib.nullcontext()
+        import mlflow
+
+        s = self.settings
+        self.experiment_id = use_experiment(s.uri, s.experiment)
+        tags = run_tags(self.metadata, {**s.tags, **self.tags})
+        run = retry(lambda: mlflow.start_run(run_name=s.run_name, tags=tags))
+        self.run_id = run.info.run_id
+        logged = loggable_params(s.logged_params)
+        retry(lambda: mlflow.log_params(logged))
+        mlflow.log_input(training_dataset(self.metadata, s.dataset_source, self.target), context="training")
+        return run
+
+    def fold(self, fold: int):
+        if self.settings is None:
+            return contextlib.nullcontext()
+        import mlflow
+
+        return mlflow.start_run(run_name=f"fold-{fold}", nested=True, tags={"fold": str(fold)})
+
+    def log_fold(self, fold_score: dict[str, float], history: dict[str, list], epochs_kept: int | None,
+                 sizes: dict[str, int]) -> None:
+        if self.settings is None:
+            return
+        import mlflow
+
+        mlflow.log_metrics({**fold_score, **sizes, **({"best_epoch": epochs_kept} if epochs_kept and history else {})})
+        for column in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            for step, value in enumerate(history.get(column) or []):
+                if value == value:
+                    mlflow.log_metric(column, float(value), step=step + 1)
+
+    def finish(self, out: Path, bundle, input_example: np.ndarray, fold_scores: list[dict[str, float]],
+               info: dict[str, Any]) -> str | None:
+        if self.settings is None:
+            return None
+        import mlflow
+
+        from ser import pyfunc
+        from ser.metrics import mean_std
+
+        for name, spread in mean_std(fold_scores).items():
+            mlflow.log_metrics({f"cv_{name}_mean": spread["mean"], f"cv_{name}_std": spread["std"]})
+        mlflow.log_metrics({"cv_seconds": info["cv_seconds"]})
+        mlflow.log_dict(info, "train_info.json")
+        log_flavor(bundle, input_example)
+        pyfunc.log_model(out / "model", self.settings.predict_params, self.settings.serve_params,
+                         registered_model_name=self.settings.registered_model, name="audio_model")
+        write_run_file(out, self.run_id, self.experiment_id, self.settings.experiment, self.settings.uri)
+        return self.run_id
+
+
+def log_flavor(bundle, input_example: np.ndarray) -> None:
+    """Log the raw estimator with its own MLflow flavor (features in, probabilities out)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from ser.models import is_keras
+    from ser.pyfunc import pip_requirements
+
+    example = np.asarray(input_example, dtype=np.float32)
+    signature = infer_signature(example, bundle.predict_proba(example).astype(np.float32))
+    model = bundle.estimator.flavor_model
+    if is_keras(bundle.model_type):
+        # mlflow.keras.log_model (3.17) writes the input example before creating its folder;
+        # the TensorFlow flavor logs a Keras 3 model the same way and works.
+        import mlflow.tensorflow
+
+        mlflow.tensorflow.log_model(model, name="estimator", signature=signature, input_example=example,
+                                    pip_requirements=pip_requirements())
+    else:
+        import mlflow.sklearn
+        import skops.io
+
+        # Our own freshly fitted objects (e.g. the MLP's optimizer state) are safe to load back.
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        mlflow.sklearn.log_model(model, name="estimator", signature=signature, input_example=example,
+                                 pip_requirements=pip_requirements(), skops_trusted_types=trusted)
+
+
+def log_evaluation(train_dir: str | os.PathLike, summary: dict[str, Any], plots_dir: str | os.PathLike,
+                   report: str, params_file: str | os.PathLike | None = None) -> None:
+    """Reopen the training run (``run.json``) and add the evaluation to it."""
+    import mlflow
+
+    from ser.metrics import METRICS
+
+    run = read_run_file(train_dir)
+    mlflow.set_tracking_uri(run["tracking_uri"])
+    metrics = {name: summary[name] for name in METRICS}
+    for name in METRICS:
+        metrics[f"{name}_fold_mean"] = summary["folds"][name]["mean"]
+        metrics[f"{name}_fold_std"] = summary["folds"][name]["std"]
+    for corpus, values in summary.get("per_corpus", {}).items():
+        metrics.update({f"{corpus}_{name}": values[name] for name in METRICS})
+    with retry(lambda: mlflow.start_run(run_id=run["run_id"])):
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("protocol", summary["protocol"])
+        mlflow.set_tag("speaker_dependent", str(summary["speaker_dependent"]))
+        mlflow.log_dict(summary, "evaluate.json")
+        mlflow.log_text(report, "classification_report.txt")
+        mlflow.log_artifacts(str(plots_dir), "plots")
+        if params_file is not None and Path(params_file).is_file():
+            mlflow.log_artifact(str(params_file))

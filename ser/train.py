@@ -13,17 +13,16 @@
    median of the folds' best epochs: the cross-validated numbers estimate this model's
    quality, and no clip is wasted. It is saved as a ``ModelBundle`` in ``<out>/model``.
 
-Everything is tracked in one MLflow parent run with a nested run per fold (``ser.tracking``).
+Everything is tracked in one MLflow parent run with a nested run per fold when the caller
+passes ``ser.tracking.RunSettings``.
 """
 
 from __future__ import annotations
 
-# opensmile before tensorflow, in case a Keras family is trained (see docs/ARCHITECTURE.md).
-import opensmile  # noqa: F401  isort: skip
-
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from ser import splits
-from ser.normalize import check_speaker_norm, standardize_groups
+from ser.metrics import scores
 from ser.models import MODELS, is_keras, resolve_feature_input, uses_validation
 from ser.models.bundle import SEQUENCE_INPUTS, ModelBundle, tabular_sets
+from ser.normalize import check_speaker_norm, standardize_groups
+from ser.tracking import RunSettings, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def make_labels(metadata: pd.DataFrame, target: str = "emotion",
         raise ValueError(f"unknown train.target '{target}'; choose one of {TARGETS}")
     emotion = metadata["emotion"].astype("object")
     if isinstance(emotions, dict):
-        emotion = emotion.map(lambda e: emotions.get(e, e) if e in emotions else e)
+        emotion = emotion.map(lambda e: emotions[e] if e in emotions else e)
     elif emotions:
         emotion = emotion.where(emotion.isin(list(emotions)))
     elif emotions is not None and len(emotions) == 0:
@@ -146,24 +146,19 @@ def load_training_inputs(features: str | os.PathLike, augmented: str | os.PathLi
     """``(feature_input, inputs, augmented copies or None)`` that the ``model`` and ``train``
     params name, read from the features and augment stage folders."""
     model_type = model_params["type"]
-    feature_input = resolve_feature_input(model_type, model_params.get("features", "auto"),
-                                          model_params.get(model_type))
-    copies = load_augmented_inputs(augmented, feature_input) if train_params.get("use_augmented", True) else None
+    feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
+    copies = load_augmented_inputs(augmented, feature_input) if train_params["use_augmented"] else None
     return feature_input, load_model_inputs(features, feature_input), copies
 
 
-# ---- metrics ------------------------------------------------------------------------------------
-def scores(y_true, y_pred) -> dict[str, float]:
-    return {"uar": float(recall_score(y_true, y_pred, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
-
-
+# ---- epochs -------------------------------------------------------------------------------------
 def best_epoch(history: dict[str, list]) -> int | None:
     """1-based epoch count that early stopping kept (the lowest validation loss)."""
+    if not history.get("loss"):
+        return None
     val_loss = [v for v in history.get("val_loss", []) if v == v]
     if not val_loss:
-        return len(history["loss"]) if history.get("loss") else None
+        return len(history["loss"])
     return int(np.argmin(val_loss)) + 1
 
 
@@ -180,57 +175,50 @@ def final_params(model_type: str, params_of_type: dict[str, Any], best_epochs: l
     return params_of_type
 
 
-# ---- training ---------------------------------------------------------------------------------
-@dataclass
-class TrainResult:
-    oof: pd.DataFrame
-    history: pd.DataFrame
-    classes: list[str]
-    bundle: ModelBundle
-    fold_scores: list[dict[str, float]]
-    run_id: str | None
-    info: dict[str, Any]
-
-
-def _history_frame(fold: int, history: dict[str, list]) -> pd.DataFrame:
-    if not history or not history.get("loss"):
+def history_frame(fold: int, history: dict[str, list]) -> pd.DataFrame:
+    if not history.get("loss"):
         return pd.DataFrame(columns=HISTORY_COLUMNS)
     n = len(history["loss"])
     frame = {"fold": [fold] * n, "epoch": list(range(1, n + 1))}
     for column in HISTORY_COLUMNS[2:]:
-        values = history.get(column) or [float("nan")] * n
-        frame[column] = list(values)[:n]
+        frame[column] = list(history.get(column) or [float("nan")] * n)[:n]
     return pd.DataFrame(frame, columns=HISTORY_COLUMNS)
 
 
-def _log_history(history: dict[str, list]) -> None:
-    import mlflow
-
-    for column in HISTORY_COLUMNS[2:]:
-        for step, value in enumerate(history.get(column) or []):
-            if value == value:
-                mlflow.log_metric(column, float(value), step=step + 1)
+def concat_histories(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat([h for h in parts if len(h)] or [pd.DataFrame(columns=HISTORY_COLUMNS)], ignore_index=True)
 
 
-def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any],
-          out: str | os.PathLike, *, track: bool = True, logged_params: dict[str, Any] | None = None,
-          fit_final: bool = True) -> TrainResult:
-    """Cross-validate, fit the final model, write ``out`` (see the module docstring).
+# ---- the labelled data ------------------------------------------------------------------------
+@dataclass
+class LabelledData:
+    """Every labelled clip with features, as the model sees it, and the augmented copies of them."""
 
-    ``params`` holds the sections training reads (audio, features, split, train, model,
-    mlflow); ``logged_params`` (default ``params``) is what the MLflow run records as params,
-    the whole params.yaml when run as a stage. ``fit_final=False`` only cross-validates (no
-    final model, no bundle): what the cross-corpus figure needs.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    split_params, train_params, model_params = params["split"], params["train"], params["model"]
-    model_type = model_params["type"]
-    params_of_type = dict(model_params.get(model_type) or {})
-    feature_input = resolve_feature_input(model_type, model_params.get("features", "auto"), params_of_type)
-    seed = int(train_params.get("seed", 42))
-    protocol = split_params.get("protocol", "speaker_kfold")
+    clips: pd.DataFrame                 # metadata rows, in the order of X and y
+    classes: list[str]
+    X: np.ndarray
+    y: np.ndarray
+    speaker_norm: str
+    without_features: list[str]
+    copies: pd.DataFrame | None = None  # augmented rows of labelled clips: fold, group, source
+    copies_X: np.ndarray | None = None
+    copies_y: np.ndarray | None = None
 
+    def training_rows(self, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X, y of ``fit_rows`` plus the augmented copies of exactly those clips."""
+        X, y = self.X[fit_rows], self.y[fit_rows]
+        if self.copies is None or not len(self.copies):
+            return X, y
+        allowed = self.copies["source_utterance_id"].isin(self.clips["utterance_id"].to_numpy()[fit_rows]).to_numpy()
+        if not allowed.any():
+            return X, y
+        return np.concatenate([X, self.copies_X[allowed]]), np.concatenate([y, self.copies_y[allowed]])
+
+
+def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
+                  train_params: dict[str, Any], feature_input: str) -> LabelledData:
+    """Usable clips with features and a label (train.target / train.emotions), speaker-normalized
+    when train.speaker_norm says so; augmented copies only when train.use_augmented."""
     usable = metadata[metadata["status"] == "ok"] if "status" in metadata.columns else metadata
     without_features = sorted(set(usable["utterance_id"]) - set(inputs.ids))
     if without_features:
@@ -238,231 +226,175 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
                     len(without_features), feature_input, ", ".join(without_features[:5]),
                     " ..." if len(without_features) > 5 else "")
     usable = usable[usable["utterance_id"].isin(inputs.position)]
-    labels, classes = make_labels(usable, train_params.get("target", "emotion"), train_params.get("emotions"))
-    labelled = usable[labels.notna().to_numpy()].reset_index(drop=True)
-    label_of = dict(zip(labelled["utterance_id"], labels.dropna().astype(str)))
+    labels, classes = make_labels(usable, train_params["target"], train_params["emotions"])
+    clips = usable[labels.notna().to_numpy()].reset_index(drop=True)
+    label_of = dict(zip(clips["utterance_id"], labels.dropna().astype(str)))
     class_index = {c: i for i, c in enumerate(classes)}
-    y_all = np.array([class_index[label_of[u]] for u in labelled["utterance_id"]], dtype=np.int64)
-    X_all = inputs.rows(labelled["utterance_id"])
-    speaker_norm = check_speaker_norm(train_params.get("speaker_norm"))
-    aug_X = augmented.X if augmented is not None else None
+    y = np.array([class_index[label_of[u]] for u in clips["utterance_id"]], dtype=np.int64)
+    X = inputs.rows(clips["utterance_id"])
+    speaker_norm = check_speaker_norm(train_params["speaker_norm"])
+    copies_X = augmented.X if augmented is not None else None
     if speaker_norm == "speaker":
-        # Transductive: each speaker's clips (labelled or not) give that speaker's statistics.
-        speaker_of = dict(zip(usable["utterance_id"], usable["speaker"].astype(str)))
-        reference = inputs.rows(usable["utterance_id"])
-        reference_groups = usable["speaker"].astype(str).to_numpy()
-        X_all = standardize_groups(X_all, [speaker_of[u] for u in labelled["utterance_id"]],
-                                   reference, reference_groups)
-        if augmented is not None:
-            known = [s in speaker_of for s in augmented.sources]
-            aug_X = augmented.X.copy()
-            if any(known):
-                rows = np.flatnonzero(known)
-                aug_X[rows] = standardize_groups(augmented.X[rows], [speaker_of[augmented.sources[i]] for i in rows],
-                                                 reference, reference_groups)
+        X, copies_X = _normalize_speakers(usable, inputs, clips, X, augmented)
+    data = LabelledData(clips, classes, X, y, speaker_norm, without_features)
+    if train_params["use_augmented"] and augmented is not None:
+        known = np.isin(np.asarray(augmented.sources, dtype=object), clips["utterance_id"].to_numpy())
+        data.copies_X = copies_X[known]
+        sources = np.asarray(augmented.sources, dtype=object)[known]
+        data.copies_y = np.array([class_index[label_of[s]] for s in sources], dtype=np.int64)
+        data.copies = pd.DataFrame({"utterance_id": np.asarray(augmented.ids, dtype=object)[known],
+                                    "source_utterance_id": sources})
+    return data
 
-    folds = splits.assign_folds(labelled, protocol, int(split_params.get("n_folds", 6)),
-                                int(split_params.get("seed", 42)),
-                                labels=pd.Series([label_of[u] for u in labelled["utterance_id"]]))
-    aug_sources = np.array(augmented.sources if augmented else [], dtype=object)
-    use_augmented = bool(train_params.get("use_augmented", True)) and augmented is not None
-    if use_augmented:
-        known = np.isin(aug_sources, labelled["utterance_id"].to_numpy())
-        aug_rows = np.flatnonzero(known)
-        aug_y = np.array([class_index[label_of[s]] for s in aug_sources[aug_rows]], dtype=np.int64)
-    fold_ids = sorted(folds["fold"].unique())
-    validation_fraction = float(split_params.get("val_speakers_fraction", 0.15)) if uses_validation(model_type) else 0.0
 
-    tracker = _Tracker(track, params, logged_params or params, labelled, model_type, feature_input, protocol)
-    oof_parts, history_parts, fold_scores, best_epochs = [], [], [], []
+def _normalize_speakers(usable: pd.DataFrame, inputs: ModelInputs, clips: pd.DataFrame, X: np.ndarray,
+                        augmented: ModelInputs | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Transductive: each speaker's clips (labelled or not) give that speaker's statistics;
+    augmented copies use their source speaker's."""
+    speaker_of = dict(zip(usable["utterance_id"], usable["speaker"].astype(str)))
+    reference = inputs.rows(usable["utterance_id"])
+    reference_groups = usable["speaker"].astype(str).to_numpy()
+    X = standardize_groups(X, [speaker_of[u] for u in clips["utterance_id"]], reference, reference_groups)
+    if augmented is None:
+        return X, None
+    known = [s in speaker_of for s in augmented.sources]
+    copies_X = augmented.X.copy()
+    if any(known):
+        rows = np.flatnonzero(known)
+        copies_X[rows] = standardize_groups(augmented.X[rows], [speaker_of[augmented.sources[i]] for i in rows],
+                                            reference, reference_groups)
+    return X, copies_X
+
+
+# ---- one fold, the final model ------------------------------------------------------------------
+@dataclass
+class FoldResult:
+    score: dict[str, float]
+    oof: pd.DataFrame
+    history: pd.DataFrame
+    best_epoch: int | None
+
+
+def fit_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str, params: dict[str, Any],
+             run: TrainingRun) -> FoldResult:
+    """Fit on the training side of ``fold`` (minus its validation speakers), score its test side."""
+    split_params, train_params = params["split"], params["train"]
+    protocol = split_params["protocol"]
+    test = (folds["fold"] == fold).to_numpy()
+    train_side = splits.training_mask(folds, fold)
+    fraction = float(split_params["val_speakers_fraction"]) if uses_validation(model_type) else 0.0
+    validation = splits.validation_groups(folds, data.clips, train_side, fraction,
+                                          int(split_params["seed"]) + int(fold), protocol)
+    X_fit, y_fit = data.training_rows(train_side & ~validation)
+    estimator = MODELS[model_type](params["model"][model_type], data.X.shape[1:], len(data.classes),
+                                   int(train_params["seed"]))
+    with run.fold(fold):
+        history = estimator.fit(X_fit, y_fit,
+                                data.X[validation] if validation.any() else None,
+                                data.y[validation] if validation.any() else None,
+                                class_weight=class_weights(y_fit, len(data.classes), train_params["class_weight"]))
+        probabilities = estimator.predict_proba(data.X[test])
+        predicted = probabilities.argmax(axis=1)
+        score = scores(data.y[test], predicted)
+        kept = best_epoch(history)
+        run.log_fold(score, history, kept, {"n_test": int(test.sum()), "n_fit": int(len(y_fit)),
+                                            "n_val": int(validation.sum())})
+    oof = pd.DataFrame({"utterance_id": data.clips["utterance_id"].to_numpy()[test],
+                        "corpus": data.clips["corpus"].to_numpy()[test], "fold": int(fold),
+                        "y_true": [data.classes[i] for i in data.y[test]],
+                        "y_pred": [data.classes[i] for i in predicted]})
+    for index, name in enumerate(data.classes):
+        oof[f"p_{name}"] = probabilities[:, index].astype(np.float32)
+    return FoldResult(score, oof, history_frame(int(fold), history), kept)
+
+
+def fit_final(data: LabelledData, model_type: str, type_params: dict[str, Any], params: dict[str, Any]):
+    """The final estimator on every labelled clip (and every copy of them); returns it with its history."""
+    X, y = data.X, data.y
+    if data.copies is not None and len(data.copies):
+        X, y = np.concatenate([X, data.copies_X]), np.concatenate([y, data.copies_y])
+    train_params = params["train"]
+    final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), int(train_params["seed"]))
+    history = final.fit(X, y, class_weight=class_weights(y, len(data.classes), train_params["class_weight"]))
+    return final, history
+
+
+# ---- training ---------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    oof: pd.DataFrame
+    history: pd.DataFrame
+    classes: list[str]
+    bundle: ModelBundle | None
+    fold_scores: list[dict[str, float]]
+    run_id: str | None
+    info: dict[str, Any]
+
+
+def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any],
+          out: str | os.PathLike, *, tracking: RunSettings | None = None, fit_final_model: bool = True) -> TrainResult:
+    """Cross-validate, fit the final model, write ``out`` (see the module docstring).
+
+    ``params`` holds the sections training reads (audio, features, split, train, model);
+    ``tracking`` records the run in MLflow (None: no tracking). ``fit_final_model=False`` only
+    cross-validates (no final model, nothing written): what the cross-corpus figure needs.
+    """
+    model_params = params["model"]
+    model_type = model_params["type"]
+    feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
+    protocol = params["split"]["protocol"]
+    data = labelled_data(metadata, inputs, augmented, params["train"], feature_input)
+    folds = splits.assign_folds(data.clips, protocol, int(params["split"]["n_folds"]), int(params["split"]["seed"]),
+                                labels=pd.Series([data.classes[i] for i in data.y]))
+    if data.copies is not None:
+        data.copies = splits.augmented_folds(folds, data.copies).reset_index()
+    run = TrainingRun(tracking, data.clips, {"model_type": model_type, "feature_input": feature_input,
+                                             "protocol": protocol, "speaker_dependent": protocol == "random"},
+                      params["train"]["target"])
+    info = {"model_type": model_type, "feature_input": feature_input, "protocol": protocol,
+            "speaker_dependent": protocol == "random", "speaker_norm": data.speaker_norm,
+            "transductive": data.speaker_norm != "none", "target": params["train"]["target"],
+            "classes": data.classes, "n_clips": int(len(data.clips))}
     started = time.time()
-    with tracker.parent():
-        for fold in tqdm(fold_ids, desc=f"{model_type} folds", unit="fold"):
-            test = (folds["fold"] == fold).to_numpy()
-            train_side = splits.training_mask(folds, fold)
-            validation = splits.validation_groups(folds, labelled, train_side, validation_fraction,
-                                                  int(split_params.get("seed", 42)) + int(fold), protocol)
-            fit_rows = train_side & ~validation
-            X_fit, y_fit = X_all[fit_rows], y_all[fit_rows]
-            if use_augmented:
-                allowed = set(labelled["utterance_id"].to_numpy()[fit_rows])
-                copies = aug_rows[[s in allowed for s in aug_sources[aug_rows]]]
-                if len(copies):
-                    X_fit = np.concatenate([X_fit, aug_X[copies]])
-                    y_fit = np.concatenate([y_fit, aug_y[np.searchsorted(aug_rows, copies)]])
-            estimator = MODELS[model_type](params_of_type, X_all.shape[1:], len(classes), seed)
-            with tracker.fold(fold):
-                history = estimator.fit(X_fit, y_fit,
-                                        X_all[validation] if validation.any() else None,
-                                        y_all[validation] if validation.any() else None,
-                                        class_weight=class_weights(y_fit, len(classes), train_params.get("class_weight")))
-                probabilities = estimator.predict_proba(X_all[test])
-                predicted = probabilities.argmax(axis=1)
-                fold_score = scores(y_all[test], predicted)
-                epochs_kept = best_epoch(history)
-                tracker.log_fold(fold_score, history, epochs_kept, int(test.sum()), int(len(y_fit)),
-                                 int(validation.sum()))
-            if epochs_kept and history:
-                best_epochs.append(epochs_kept)
-            fold_scores.append({"fold": int(fold), **fold_score})
-            history_parts.append(_history_frame(int(fold), history))
-            oof = pd.DataFrame({"utterance_id": labelled["utterance_id"].to_numpy()[test],
-                                "corpus": labelled["corpus"].to_numpy()[test], "fold": int(fold),
-                                "y_true": [classes[i] for i in y_all[test]],
-                                "y_pred": [classes[i] for i in predicted]})
-            for index, name in enumerate(classes):
-                oof[f"p_{name}"] = probabilities[:, index].astype(np.float32)
-            oof_parts.append(oof)
-            log.info("fold %s: %s", fold, {k: round(v, 4) for k, v in fold_score.items()})
-        cv_seconds = time.time() - started
-        oof = pd.concat(oof_parts, ignore_index=True)
-        if not fit_final:
-            history_frame = pd.concat([h for h in history_parts if len(h)] or [pd.DataFrame(columns=HISTORY_COLUMNS)],
-                                      ignore_index=True)
-            info = {"model_type": model_type, "feature_input": feature_input, "protocol": protocol,
-                    "speaker_norm": speaker_norm, "transductive": speaker_norm != "none",
-                    "classes": classes, "n_clips": int(len(labelled)), "cv_seconds": round(cv_seconds, 1)}
-            return TrainResult(oof, history_frame, classes, None, fold_scores, None, info)
-
-        final_type_params = final_params(model_type, params_of_type, best_epochs)
-        X_final, y_final = X_all, y_all
-        if use_augmented and len(aug_rows):
-            X_final = np.concatenate([X_all, aug_X[aug_rows]])
-            y_final = np.concatenate([y_all, aug_y])
-        final = MODELS[model_type](final_type_params, X_all.shape[1:], len(classes), seed)
-        final_history = final.fit(X_final, y_final, class_weight=class_weights(
-            y_final, len(classes), train_params.get("class_weight")))
-        history_parts.append(_history_frame(FINAL_FOLD, final_history))
-        bundle = ModelBundle(model_type=model_type, classes=classes, feature_input=feature_input,
-                             audio=params.get("audio", {}), features=params.get("features", {}),
-                             estimator=final, feature_names=inputs.feature_names,
-                             target=train_params.get("target", "emotion"), speaker_norm=speaker_norm)
-        model_dir = out / "model"
-        if model_dir.exists():
-            import shutil
-
-            shutil.rmtree(model_dir)
-        bundle.save(model_dir)
-
-        history_frame = pd.concat([h for h in history_parts if len(h)] or [pd.DataFrame(columns=HISTORY_COLUMNS)],
-                                  ignore_index=True)
-        info = {
-            "model_type": model_type, "feature_input": feature_input, "protocol": protocol,
-            "speaker_dependent": protocol == "random",
-            "speaker_norm": speaker_norm, "transductive": speaker_norm != "none", "target": train_params.get("target", "emotion"),
-            "classes": classes, "n_clips": int(len(labelled)),
-            "n_augmented": int(len(aug_rows)) if use_augmented else 0,
-            "clips_without_features": without_features, "folds": splits.describe(folds, labelled),
-            "final_model": {"trained_on": "all labelled clips" + (" + their augmented copies" if use_augmented else ""),
-                            "params": final_type_params, "best_epochs_of_folds": best_epochs},
-            "cv_seconds": round(cv_seconds, 1), "train_seconds": round(time.time() - started, 1),
-        }
-        oof.to_parquet(out / "oof_predictions.parquet", index=False)
-        history_frame.to_csv(out / "history.csv", index=False)
-        (out / "classes.json").write_text(json.dumps(classes, indent=2), encoding="utf-8")
-        run_id = tracker.finish(out, bundle, X_all[: min(5, len(X_all))], fold_scores, info)
-        (out / "train_info.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    return TrainResult(oof, history_frame, classes, bundle, fold_scores, run_id, info)
+    with run.parent():
+        results = []
+        for fold in tqdm(sorted(folds["fold"].unique()), desc=f"{model_type} folds", unit="fold"):
+            results.append(fit_fold(data, folds, fold, model_type, params, run))
+            log.info("fold %s: %s", fold, {k: round(v, 4) for k, v in results[-1].score.items()})
+        info["cv_seconds"] = round(time.time() - started, 1)
+        oof = pd.concat([r.oof for r in results], ignore_index=True)
+        fold_scores = [{"fold": int(f), **r.score} for f, r in zip(sorted(folds["fold"].unique()), results)]
+        histories = [r.history for r in results]
+        if not fit_final_model:
+            return TrainResult(oof, concat_histories(histories), data.classes, None, fold_scores, None, info)
+        best_epochs = [r.best_epoch for r in results if r.best_epoch and len(r.history)]
+        type_params = final_params(model_type, model_params[model_type], best_epochs)
+        final, final_history = fit_final(data, model_type, type_params, params)
+        histories.append(history_frame(FINAL_FOLD, final_history))
+        bundle = ModelBundle(model_type=model_type, classes=data.classes, feature_input=feature_input,
+                             audio=params["audio"], features=params["features"], estimator=final,
+                             feature_names=inputs.feature_names, target=params["train"]["target"],
+                             speaker_norm=data.speaker_norm)
+        n_copies = 0 if data.copies is None else int(len(data.copies))
+        info.update({
+            "n_augmented": n_copies, "clips_without_features": data.without_features,
+            "folds": splits.describe(folds, data.clips),
+            "final_model": {"trained_on": "all labelled clips" + (" + their augmented copies" if n_copies else ""),
+                            "params": type_params, "best_epochs_of_folds": best_epochs},
+            "train_seconds": round(time.time() - started, 1)})
+        history = concat_histories(histories)
+        write_outputs(Path(out), bundle, oof, history, data.classes)
+        run_id = run.finish(Path(out), bundle, data.X[: min(5, len(data.X))], fold_scores, info)
+        (Path(out) / "train_info.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    return TrainResult(oof, history, data.classes, bundle, fold_scores, run_id, info)
 
 
-class _Tracker:
-    """MLflow side of ``train`` (a no-op when ``track`` is false)."""
-
-    def __init__(self, enabled: bool, params: dict[str, Any], logged_params: dict[str, Any],
-                 metadata: pd.DataFrame, model_type: str, feature_input: str, protocol: str):
-        self.enabled = enabled
-        self.params = params
-        self.logged_params = logged_params
-        self.metadata = metadata
-        self.model_type = model_type
-        self.feature_input = feature_input
-        self.protocol = protocol
-        self.run_id: str | None = None
-        self.experiment_id: str | None = None
-
-    def parent(self):
-        import contextlib
-
-        if not self.enabled:
-            return contextlib.nullcontext()
-        import mlflow
-
-        from ser import tracking
-
-        experiment = self.params.get("mlflow", {}).get("experiment", "ser")
-        self.experiment_name = experiment
-        self.experiment_id = tracking.use_experiment(experiment)
-        name = f"{self.model_type}-{os.environ.get('DVC_EXP_NAME', 'run')}"
-        tags = tracking.run_tags(self.metadata, {"model_type": self.model_type, "feature_input": self.feature_input,
-                                                 "protocol": self.protocol,
-                                                 "speaker_dependent": self.protocol == "random"})
-        run = tracking.retry(lambda: mlflow.start_run(run_name=name, tags=tags))
-        self.run_id = run.info.run_id
-        params = tracking.loggable_params(self.logged_params)
-        tracking.retry(lambda: mlflow.log_params(params))
-        return run
-
-    def fold(self, fold: int):
-        import contextlib
-
-        if not self.enabled:
-            return contextlib.nullcontext()
-        import mlflow
-
-        return mlflow.start_run(run_name=f"fold-{fold}", nested=True, tags={"fold": str(fold)})
-
-    def log_fold(self, fold_score, history, epochs_kept, n_test, n_fit, n_val) -> None:
-        if not self.enabled:
-            return
-        import mlflow
-
-        mlflow.log_metrics({**fold_score, "n_test": n_test, "n_fit": n_fit, "n_val": n_val,
-                            **({"best_epoch": epochs_kept} if epochs_kept and history else {})})
-        _log_history(history)
-
-    def finish(self, out: Path, bundle: ModelBundle, input_example: np.ndarray, fold_scores, info) -> str | None:
-        if not self.enabled:
-            return None
-        import mlflow
-
-        from ser import tracking
-
-        for name in ("uar", "accuracy", "macro_f1"):
-            values = [s[name] for s in fold_scores]
-            mlflow.log_metrics({f"cv_{name}_mean": float(np.mean(values)), f"cv_{name}_std": float(np.std(values))})
-        mlflow.log_metrics({"cv_seconds": info["cv_seconds"]})
-        mlflow.log_dict(info, "train_info.json")
-        log_flavor(bundle, input_example)
-        from ser import pyfunc
-
-        registered = self.params.get("mlflow", {}).get("registered_model", "ser-emotion")
-        pyfunc.log_model(out / "model", registered_model_name=registered, name="audio_model")
-        tracking.write_run_file(out, self.run_id, self.experiment_id, self.experiment_name)
-        return self.run_id
-
-
-def log_flavor(bundle: ModelBundle, input_example: np.ndarray) -> None:
-    """Log the raw estimator with its own MLflow flavor (features in, probabilities out)."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    example = np.asarray(input_example, dtype=np.float32)
-    signature = infer_signature(example, bundle.predict_proba(example).astype(np.float32))
-    model = bundle.estimator.flavor_model
-    from ser.pyfunc import pip_requirements
-
-    if is_keras(bundle.model_type):
-        # mlflow.keras.log_model (3.17) writes the input example before creating its folder;
-        # the TensorFlow flavor logs a Keras 3 model the same way and works.
-        import mlflow.tensorflow
-
-        mlflow.tensorflow.log_model(model, name="estimator", signature=signature, input_example=example,
-                                    pip_requirements=pip_requirements())
-    else:
-        import mlflow.sklearn
-        import skops.io
-
-        # Our own freshly fitted objects (e.g. the MLP's optimizer state) are safe to load back.
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-        mlflow.sklearn.log_model(model, name="estimator", signature=signature, input_example=example,
-                                 pip_requirements=pip_requirements(), skops_trusted_types=trusted)
+def write_outputs(out: Path, bundle: ModelBundle, oof: pd.DataFrame, history: pd.DataFrame, classes: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    bundle.save(model_dir)
+    oof.to_parquet(out / "oof_predictions.parquet", index=False)
+    history.to_csv(out / "history.csv", index=False)
+    (out / "classes.json").write_text(json.dumps(classes, indent=2), encoding="utf-8")

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from ser.augment import compute_augmented  # noqa: E402
-from ser.config import section  # noqa: E402
+from ser.project import load_params, repo_root  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder, e.g. data/augmented")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    summary = compute_augmented(pd.read_parquet(args.metadata), args.out, section("audio", args.params),
-                                section("features", args.params), section("augment", args.params))
+    params = load_params(args.params)
+    summary = compute_augmented(pd.read_parquet(args.metadata), args.out, params["audio"], params["features"],
+                                params["augment"], root=repo_root())
     print(f"augment: {summary['clips']} copies ({summary['copies']} per clip) written to {args.out} "
           f"({summary['computed']} computed, {summary['from_cache']} from cache, "
           f"{summary['failed']} failed -> {args.out}/failures.parquet)")

@@ -11,12 +11,9 @@ import json
 import logging
 from pathlib import Path
 
-# opensmile before tensorflow (see docs/ARCHITECTURE.md).
-import ser.features  # noqa: F401  isort: skip
-
 import pandas as pd
 
-from ser.config import section
+from ser.project import load_params
 from ser.crosscorpus import cross_corpus
 from ser.train import load_training_inputs
 
@@ -33,13 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    params = {name: section(name, args.params) for name in SECTIONS}
+    everything = load_params(args.params)
+    params = {name: everything[name] for name in SECTIONS}
     model = params["model"]
     feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
     metadata = pd.read_parquet(args.metadata)
     settings = params["cross_corpus"]
     summary = cross_corpus(metadata, inputs, augmented, params, settings["emotions"],
-                           transductive=bool(settings.get("transductive", True)))
+                           transductive=bool(settings["transductive"]))
     summary["feature_input"] = feature_input
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ser.config import section
+from ser.project import load_params
 from ser.download import DownloadError, DownloadSettings, mirror_root, obtain
 
 
@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    data = section("data", args.params)
-    settings = DownloadSettings.from_params(data.get("download"))
+    data = load_params(args.params)["data"]
+    settings = DownloadSettings.from_params(data["download"])
     print(f"mirror: {mirror_root() or 'none (SER_DATA_MIRROR unset)'}")
     try:
         reports = obtain(list(data["corpora"]), args.out, settings=settings)

@@ -9,8 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ser.config import section
+from ser import project
 from ser.evaluate import evaluate
+from ser.tracking import log_evaluation
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", required=True, type=Path)
     parser.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args(argv)
-    split = section("split", args.params)
-    summary = evaluate(args.train, args.metrics, args.plots, protocol=split.get("protocol"))
+    split = project.load_params(args.params)["split"]
+    summary, report = evaluate(args.train, args.metrics, args.plots, protocol=split["protocol"])
+    log_evaluation(args.train, summary, args.plots, report, params_file=project.params_path(args.params))
     shown = {k: round(summary[k], 4) for k in ("uar", "accuracy", "macro_f1")}
     print(json.dumps({"protocol": summary["protocol"], **shown,
                       "per_corpus_uar": {c: round(v["uar"], 4) for c, v in summary.get("per_corpus", {}).items()}}))

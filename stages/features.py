@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from ser.config import section  # noqa: E402
+from ser.project import load_params, repo_root  # noqa: E402
 from ser.features import compute_features  # noqa: E402
 
 
@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder, e.g. data/features")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    audio_params = section("audio", args.params)
-    feature_params = section("features", args.params)
-    summary = compute_features(pd.read_parquet(args.metadata), args.out, audio_params, feature_params)
+    params = load_params(args.params)
+    summary = compute_features(pd.read_parquet(args.metadata), args.out, params["audio"], params["features"],
+                               root=repo_root())
     print(f"features: {summary['clips']} clips written to {args.out} "
           f"({summary['computed']} computed, {summary['from_cache']} from cache, "
           f"{summary['failed']} failed -> {args.out}/failures.parquet)")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
+from ser import project
 from ser.report import FIGURES, build_report, log_report
 
 
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    report = build_report(args.metadata, args.features, args.train, args.metrics, args.out)
+    report = build_report(args.metadata, args.features, args.train, args.metrics, args.out, project.repo_root())
     missing = sorted(set(FIGURES) - set(report.figures))
     if missing:
         raise SystemExit(f"report: figures not produced: {missing}")
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.warning("report: %s", note)
     logging.info("report: %s with %d figures", report.index, len(report.figures))
     if not args.no_mlflow:
-        run_id = log_report(args.out, args.train / "run.json")
+        uri = project.tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
+        run_id = log_report(args.out, args.train / "run.json", uri)
         if run_id is None:
             logging.warning("report: %s names no MLflow run; figures not logged", args.train / "run.json")
         else:

@@ -1,6 +1,7 @@
 """Train stage: cross-validated training + the final model, tracked in MLflow.
 
-Reads the audio, features, split, train, model and mlflow sections of params.yaml.
+Reads the audio, features, split, train, model, mlflow, predict and serve sections of params.yaml
+(the last two shape the served model it registers).
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ import argparse
 import logging
 from pathlib import Path
 
-# opensmile before tensorflow (see docs/ARCHITECTURE.md).
-import ser.features  # noqa: F401  isort: skip
-
 import pandas as pd
 
-from ser.config import load_params, section
+from ser import project
+from ser.tracking import RunSettings
 from ser.train import load_training_inputs, train
 
-SECTIONS = ("audio", "features", "split", "train", "model", "mlflow")
+SECTIONS = ("audio", "features", "split", "train", "model")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,11 +29,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = {name: section(name, args.params) for name in SECTIONS}
+    everything = project.load_params(args.params)
+    params = {name: everything[name] for name in SECTIONS}
     model = params["model"]
+    tracking = RunSettings(uri=project.tracking_uri(), experiment=everything["mlflow"]["experiment"],
+                           registered_model=everything["mlflow"]["registered_model"],
+                           run_name=project.run_name(model["type"]), logged_params=everything,
+                           predict_params=everything["predict"], serve_params=everything["serve"],
+                           tags=project.experiment_tags(), dataset_source=str(args.metadata))
     feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
     metadata = pd.read_parquet(args.metadata)
-    result = train(metadata, inputs, augmented, params, args.out, logged_params=load_params(args.params))
+    result = train(metadata, inputs, augmented, params, args.out, tracking=tracking)
     means = {k: round(sum(f[k] for f in result.fold_scores) / len(result.fold_scores), 4)
              for k in ("uar", "accuracy", "macro_f1")}
     print(f"{model['type']} ({feature_input}): fold means {means}; MLflow run {result.run_id}")

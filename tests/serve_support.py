@@ -34,9 +34,9 @@ def ravdess_clip(mirror: Path, actor: int, emotion: str = "05", intensity: str =
 
 
 def project_params() -> dict:
-    from ser.config import load_params
+    from tests.params_support import params
 
-    return load_params(REPO / "params.yaml")
+    return params()
 
 
 def train_small_bundle(mirror: Path, folder: Path) -> Path:
@@ -58,7 +58,8 @@ def train_small_bundle(mirror: Path, folder: Path) -> Path:
     bundle = ModelBundle(model_type="svm", classes=classes, feature_input="both", audio=params["audio"],
                          features=params["features"], estimator=None)
     inputs = bundle.inputs_from_signals(clips)  # the features a served clip will get, by the same code
-    bundle.estimator = MODELS["svm"]({"C": 10.0, "kernel": "rbf", "gamma": "scale"}, inputs.shape[1:], len(classes), 0)
+    bundle.estimator = MODELS["svm"]({**params["model"]["svm"], "C": 10.0, "gamma": "scale"},
+                                      inputs.shape[1:], len(classes), 0)
     bundle.estimator.fit(inputs, np.asarray(labels))
     bundle.save(folder)
     _TRAINED[key] = folder

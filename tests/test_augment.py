@@ -18,6 +18,7 @@ from ser.augment import (INDEX_COLUMNS, AugmentJob, augment_signal, augmented_si
                          copy_seed, load_index)
 from ser.executor import make_executor
 from ser.features import functional_names, load_failures, load_sequences, load_table, n_frames
+from tests.params_support import REPO, params as project_params
 
 SR = 16000
 AUDIO = {"sample_rate": SR, "trim_silence": True, "trim_top_db": 40, "normalize": "peak",
@@ -61,7 +62,7 @@ def corpus(folder: Path, speakers: int = 6, clips_per_speaker: int = 2) -> pd.Da
 
 def run(metadata, out, augment=AUGMENT, **kwargs):
     return compute_augmented(metadata, out, AUDIO, FEATURES, augment, executor=make_executor("serial"),
-                             progress=False, **kwargs)
+                             progress=False, **{"root": REPO, **kwargs})
 
 
 def test_same_seed_same_output_other_seed_other_output():
@@ -199,14 +200,12 @@ def test_augment_stage_script_end_to_end(tmp_path):
 
     import yaml
 
-    from ser.config import repo_root
-
     metadata = corpus(tmp_path / "audio", speakers=2, clips_per_speaker=1)
     metadata.to_parquet(tmp_path / "metadata.parquet")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "audio": AUDIO, "features": {**FEATURES, "sets": ["functionals"], "cache_dir": None},
-        "augment": {**AUGMENT, "copies": 1}}))
-    result = subprocess.run([sys.executable, str(repo_root(Path(__file__)) / "stages" / "augment.py"),
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(project_params(
+        audio=AUDIO, features={**FEATURES, "sets": ["functionals"], "cache_dir": None},
+        augment={**AUGMENT, "copies": 1})))
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "augment.py"),
                              "--metadata", str(tmp_path / "metadata.parquet"), "--out", str(tmp_path / "out"),
                              "--params", str(tmp_path / "params.yaml")], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ser.config import section
 from ser.datasets import ravdess, tess
 from ser.download import verify_corpus
 from ser.harmonize import harmonize, summarize
+from ser.params import section
 from ser.schema import to_table
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
-"""Obtaining corpora: a real HTTP server on 127.0.0.1 (Range, cut connections, 404), checksums,
-safe extraction, manifests, mirrors, and the errors a user sees."""
+"""Fetching and obtaining corpora: a real HTTP server on 127.0.0.1 (Range, cut connections, 503,
+Retry-After, 404), checksums, safe extraction, manifests, mirrors, and the errors a user sees."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,27 +23,32 @@ from ser.download import (
     DownloadSettings,
     IncompleteCorpusError,
     UnsafeArchiveError,
-    fetch,
     manifest_mismatches,
     obtain,
     obtain_corpus,
-    safe_extract,
     verify_corpus,
     with_url,
 )
+from ser.fetch import fetch_file, http_session, safe_extract
 from tests.corpus_fixtures import make_archive, make_ravdess, write_clip
 
 FAST = DownloadSettings(retries=2, backoff_s=0.0, timeout_s=10, strict=False)
 
 
+def fetch(url: str, dest: Path, *, retries: int, backoff_s: float = 0.0, **options) -> Path:
+    with http_session(retries=retries, backoff_s=backoff_s) as session:
+        return fetch_file(url, dest, session=session, timeout_s=10, **options)
+
+
 class CorpusServer:
-    """Serves ``files`` (path -> bytes) with Range support; ``cut[path] = n`` makes the next
-    request for ``path`` send n body bytes and drop the connection."""
+    """Serves ``files`` (path -> bytes) with Range support; ``cut[path] = [n, m]`` makes the next
+    requests for ``path`` send n (then m) body bytes and drop the connection."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
-        self.cut: dict[str, int] = {}
+        self.cut: dict[str, list[int]] = {}
         self.unavailable: dict[str, int] = {}  # path -> how many requests get a 503 first
+        self.retry_after: str | None = None  # the Retry-After header of those 503s
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -55,7 +61,11 @@ class CorpusServer:
                 data = server.files.get(self.path)
                 if server.unavailable.get(self.path):
                     server.unavailable[self.path] -= 1
-                    self.send_error(503, "Service Unavailable")
+                    self.send_response(503, "Service Unavailable")
+                    if server.retry_after is not None:
+                        self.send_header("Retry-After", server.retry_after)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if data is None:
                     self.send_error(404, "Not Found")
@@ -77,8 +87,8 @@ class CorpusServer:
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 body = data[start:]
-                if self.path in server.cut:
-                    self.wfile.write(body[: server.cut.pop(self.path)])
+                if server.cut.get(self.path):
+                    self.wfile.write(body[: server.cut[self.path].pop(0)])
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
@@ -96,11 +106,12 @@ class CorpusServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.thread.join(timeout=10)
 
 
 @pytest.fixture
 def server():
-    with CorpusServer() as running:
+    with CorpusServer() as running:  # the teardown stops it, whether the test passed or not
         yield running
 
 
@@ -125,17 +136,18 @@ def test_fetch_streams_a_whole_file_and_renames_it_into_place(server, tmp_path):
 def test_fetch_resumes_with_range_after_a_connection_cut_mid_file(server, tmp_path):
     payload = os.urandom(2_500_000)
     server.files["/big.zip"] = payload
-    server.cut["/big.zip"] = 1_000_003
-    dest = fetch(f"{server.url}/big.zip", tmp_path / "big.zip", checksum=("md5", hashlib.md5(payload).hexdigest()),
+    server.cut["/big.zip"] = [1_000_003]
+    digest = hashlib.sha256(payload).hexdigest()
+    dest = fetch(f"{server.url}/big.zip", tmp_path / "big.zip", checksum=("sha256", digest),
                  retries=2, backoff_s=0.0, progress=False)
-    assert dest.read_bytes() == payload
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
     assert server.requests == [("/big.zip", None), ("/big.zip", "bytes=1000003-")]
 
 
 def test_an_interrupted_download_resumes_in_the_next_run(server, tmp_path):
     payload = os.urandom(500_000)
     server.files["/c.zip"] = payload
-    server.cut["/c.zip"] = 123_457
+    server.cut["/c.zip"] = [123_457]
     with pytest.raises(DownloadError, match=r"c\.zip: download failed after 1 attempt; .*123457 bytes read"):
         fetch(f"{server.url}/c.zip", tmp_path / "c.zip", retries=0, progress=False)
     assert (tmp_path / "c.zip.part").stat().st_size == 123_457
@@ -169,6 +181,67 @@ def test_a_404_fails_at_once_without_retrying(server, tmp_path):
     with pytest.raises(DownloadError, match=r"/missing\.zip: HTTP 404"):
         fetch(f"{server.url}/missing.zip", tmp_path / "m.zip", retries=3, backoff_s=5.0, progress=False)
     assert len(server.requests) == 1
+
+
+def test_the_session_retries_a_503_inside_one_request_then_succeeds(server):
+    server.files["/listing.txt"] = b"a.wav\n"
+    server.unavailable["/listing.txt"] = 1
+    with http_session(retries=1, backoff_s=0.0) as session:
+        response = session.get(f"{server.url}/listing.txt", timeout=10)
+    assert (response.status_code, response.content) == (200, b"a.wav\n")
+    assert len(server.requests) == 2 and len(response.raw.retries.history) == 1
+
+
+def test_retry_after_is_respected_over_the_backoff(server, tmp_path, caplog):
+    server.files["/slow.zip"] = b"x" * 1000
+    server.unavailable["/slow.zip"] = 1
+    server.retry_after = "1"
+    started = time.monotonic()
+    fetch(f"{server.url}/slow.zip", tmp_path / "slow.zip", retries=1, backoff_s=0.0, progress=False)
+    assert time.monotonic() - started >= 0.9
+    assert re.findall(r"retrying in ([0-9.]+) s", caplog.text) == ["1"]
+
+
+def test_cuts_at_any_byte_resume_with_range_until_the_sha256_matches(server, tmp_path):
+    payload = os.urandom(700_000)
+    server.files["/cut.bin"] = payload
+    server.cut["/cut.bin"] = [100_001, 299_999]  # the second cut falls inside the resumed body
+    digest = hashlib.sha256(payload).hexdigest()
+    dest = fetch(f"{server.url}/cut.bin", tmp_path / "cut.bin", checksum=("sha256", digest), retries=2,
+                 progress=False)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+    assert server.requests == [("/cut.bin", None), ("/cut.bin", "bytes=100001-"), ("/cut.bin", "bytes=400000-")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.bin"]
+
+
+def test_resumes_count_against_the_same_retry_budget(server, tmp_path):
+    payload = os.urandom(300_000)
+    server.files["/flaky.bin"] = payload
+    server.cut["/flaky.bin"] = [1000, 1000, 1000]
+    with pytest.raises(DownloadError, match=r"flaky\.bin: download failed after 2 attempts; last error: connection"):
+        fetch(f"{server.url}/flaky.bin", tmp_path / "flaky.bin", retries=1, progress=False)
+    assert (tmp_path / "flaky.bin.part").stat().st_size == 2000  # kept for the next run
+    assert len(server.requests) == 2
+
+
+def test_a_part_file_that_is_already_whole_is_finished_without_downloading_again(server, tmp_path):
+    payload = os.urandom(50_000)
+    server.files["/done.bin"] = payload
+    (tmp_path / "done.bin.part").write_bytes(payload)
+    dest = fetch(f"{server.url}/done.bin", tmp_path / "done.bin",
+                 checksum=("sha256", hashlib.sha256(payload).hexdigest()), retries=0, progress=False)
+    assert dest.read_bytes() == payload
+    assert server.requests == [("/done.bin", "bytes=50000-")]  # answered 416: nothing left to send
+
+
+def test_each_sha256_mismatch_is_kept_aside_under_its_own_corrupt_name(server, tmp_path):
+    server.files["/e.bin"] = b"tampered" * 1000
+    for _ in range(2):
+        with pytest.raises(ChecksumError, match=r"e\.bin: sha256 is [0-9a-f]{64}, expected f{64}"):
+            fetch(f"{server.url}/e.bin", tmp_path / "e.bin", checksum=("sha256", "f" * 64), retries=0,
+                  progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.bin.2.corrupt", "e.bin.corrupt"]
+    assert (tmp_path / "e.bin.2.corrupt").read_bytes() == server.files["/e.bin"]
 
 
 def test_obtain_downloads_extracts_verifies_and_writes_a_manifest(server, tmp_path, ravdess_archive):
@@ -252,7 +325,7 @@ def test_offline_without_a_mirror_says_which_corpus_which_url_and_how_to_mirror(
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/Audio_Speech_Actors_01-24.zip"
     with pytest.raises(DownloadError) as failure:
-        obtain(["ravdess"], tmp_path / "raw", settings=DownloadSettings(retries=0, backoff_s=0, timeout_s=5),
+        obtain(["ravdess"], tmp_path / "raw", settings=DownloadSettings(retries=0, backoff_s=0, timeout_s=5, strict=True),
                mirror="", sources={"ravdess": with_url(ravdess.SOURCE, url)})
     message = str(failure.value)
     assert message.startswith(f"ravdess: could not download from {url}")

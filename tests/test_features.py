@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 from scipy.signal import lfilter
 
-from ser.config import repo_root
 from ser.executor import make_executor
 from ser.features import (EGEMAPS_NAMES, compute_features, extract, extract_clip, functional_names,
                           load_failures, load_sequences, load_table, n_frames)
 from ser.features.cache import FeatureCache
+from tests.params_support import REPO, params as project_params
 
 SR = 16000
 AUDIO = {"sample_rate": SR, "trim_silence": True, "trim_top_db": 40, "normalize": "peak",
@@ -220,7 +220,7 @@ def corpus(tmp_path) -> pd.DataFrame:
 
 
 def run(metadata, out, cache, **overrides):
-    return compute_features(metadata, out, AUDIO, {**FEATURES, **overrides}, cache_dir=cache,
+    return compute_features(metadata, out, AUDIO, {**FEATURES, **overrides}, root=REPO, cache_dir=cache,
                             executor=make_executor("serial"), progress=False)
 
 
@@ -279,7 +279,7 @@ def test_cache_recomputes_only_what_params_or_new_clips_require(tmp_path, corpus
     pd.testing.assert_frame_equal(load_table(out, "egemaps"), before["egemaps"])
 
     # max_seconds shapes sequences only
-    longer = compute_features(corpus, out, {**AUDIO, "max_seconds": 2.0}, FEATURES, cache_dir=cache,
+    longer = compute_features(corpus, out, {**AUDIO, "max_seconds": 2.0}, FEATURES, root=REPO, cache_dir=cache,
                               executor=make_executor("serial"), progress=False)
     assert longer["computed_per_set"] == {"functionals": 0, "egemaps": 0, "sequences": 5}
 
@@ -314,7 +314,7 @@ def test_process_pool_gives_the_same_outputs_as_serial(tmp_path, corpus):
     pooled = compute_features(corpus, tmp_path / "pooled", AUDIO,
                               {**FEATURES, "sets": ["functionals", "sequences"], "executor": "process",
                                "workers": 2},
-                              cache_dir=tmp_path / "cache", progress=False)
+                              root=REPO, cache_dir=tmp_path / "cache", progress=False)
     assert serial["clips"] == pooled["clips"] == 5
     pd.testing.assert_frame_equal(load_table(tmp_path / "serial", "functionals"),
                                   load_table(tmp_path / "pooled", "functionals"))
@@ -329,9 +329,9 @@ def test_features_stage_script_end_to_end(tmp_path, corpus):
     corpus.to_parquet(metadata_path)
     params = tmp_path / "params.yaml"
     import yaml
-    params.write_text(yaml.safe_dump({"audio": AUDIO, "features": {
-        **FEATURES, "sets": ["functionals", "egemaps"], "cache_dir": str(tmp_path / "cache")}}))
-    result = subprocess.run([sys.executable, str(repo_root(Path(__file__)) / "stages" / "features.py"),
+    params.write_text(yaml.safe_dump(project_params(audio=AUDIO, features={
+        **FEATURES, "sets": ["functionals", "egemaps"], "cache_dir": str(tmp_path / "cache")})))
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "features.py"),
                              "--metadata", str(metadata_path), "--out", str(tmp_path / "out"),
                              "--params", str(params)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -24,6 +24,7 @@ from tests.corpus_fixtures import (
     write_bad_clip,
     write_clip,
 )
+from tests.params_support import params as project_params
 
 REPO = Path(__file__).resolve().parent.parent
 SERIAL = make_executor("serial")
@@ -199,8 +200,8 @@ def test_the_schema_refuses_tables_that_break_the_contract(five_corpora):
 
 @pytest.mark.slow
 def test_the_download_and_harmonize_stages_run_from_the_command_line(tmp_path, tiny_mirror):
-    params = {"data": data_params(["ravdess", "tess"], executor="process", workers=2)}
-    params["data"]["download"] = {"retries": 0, "backoff_s": 0.0, "timeout_s": 5, "strict": False}
+    params = project_params(data={**data_params(["ravdess", "tess"], executor="process", workers=2),
+                                  "download": {"retries": 0, "backoff_s": 0.0, "timeout_s": 5, "strict": False}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "SER_DATA_MIRROR": str(tiny_mirror), "PYTHONPATH": str(REPO)}
     env.pop("DVC_ROOT", None)

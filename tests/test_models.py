@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import json
 
-import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
-
 import numpy as np
 import pytest
 
-from ser.models import (FEATURE_DEFAULTS, KERAS_TYPES, MODEL_TYPES, MODELS, SKLEARN_TYPES, ModelBundle,
-                        load_estimator, resolve_feature_input)
+from ser.models import (KERAS_TYPES, MODEL_TYPES, MODELS, SKLEARN_TYPES, ModelBundle, load_estimator,
+                        resolve_feature_input)
+from tests.params_support import PARAMS, model_params
 
-TINY_PARAMS = {"epochs": 3, "batch_size": 16, "filters": [4, 8], "units": [8], "dense_units": 8, "patience": 2,
-               "max_iter": 8, "n_estimators": 15, "hidden_layer_sizes": [16], "time_pool": 2}
+# params.yaml's block of each type, shrunk so that every family trains in seconds.
+TINY = {"epochs": 3, "batch_size": 16, "filters": [4, 8], "units": [8], "dense_units": 8, "patience": 2,
+        "max_iter": 8, "n_estimators": 15, "hidden_layer_sizes": [16]}
+
+
+def tiny(model_type: str, **extra) -> dict:
+    return model_params(model_type, **{**TINY, **extra})
 N_CLASSES = 3
 
 
@@ -35,14 +39,14 @@ def input_shape_for(model_type: str) -> tuple[int, ...]:
 def test_every_model_type_trains_predicts_and_round_trips(model_type, tmp_path):
     shape = input_shape_for(model_type)
     X, y = separable_rows(shape)
-    estimator = MODELS[model_type](TINY_PARAMS, shape, N_CLASSES, 7)
+    estimator = MODELS[model_type](tiny(model_type), shape, N_CLASSES, 7)
     history = estimator.fit(X, y, X[::4], y[::4], class_weight={0: 1.0, 1: 2.0, 2: 1.0})
     probabilities = estimator.predict_proba(X[:9])
     assert probabilities.shape == (9, N_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (probabilities >= 0).all()
     if model_type in KERAS_TYPES or model_type == "mlp":
-        assert {"loss", "val_loss"} <= set(history) and 1 <= len(history["loss"]) <= TINY_PARAMS["max_iter"]
+        assert {"loss", "val_loss"} <= set(history) and 1 <= len(history["loss"]) <= TINY["max_iter"]
     else:
         assert history == {}
     estimator.save(tmp_path / "estimator")
@@ -54,7 +58,7 @@ def test_every_model_type_trains_predicts_and_round_trips(model_type, tmp_path):
 def test_sklearn_models_learn_a_separable_problem(model_type):
     X, y = separable_rows((10,), per_class=30)
     X_test, y_test = separable_rows((10,), per_class=10, seed=1)
-    estimator = MODELS[model_type]({**TINY_PARAMS, "max_iter": 50}, (10,), N_CLASSES, 0)
+    estimator = MODELS[model_type](tiny(model_type, max_iter=50), (10,), N_CLASSES, 0)
     estimator.fit(X, y)
     accuracy = np.mean(estimator.predict_proba(X_test).argmax(axis=1) == y_test)
     assert accuracy > 0.9
@@ -63,7 +67,7 @@ def test_sklearn_models_learn_a_separable_problem(model_type):
 def test_a_class_missing_from_training_keeps_its_column():
     X, y = separable_rows((10,))
     keep = y != 1
-    estimator = MODELS["decision_tree"]({}, (10,), N_CLASSES, 0)
+    estimator = MODELS["decision_tree"](tiny("decision_tree"), (10,), N_CLASSES, 0)
     estimator.fit(X[keep], y[keep])
     probabilities = estimator.predict_proba(X)
     assert probabilities.shape == (len(X), N_CLASSES)
@@ -72,42 +76,43 @@ def test_a_class_missing_from_training_keeps_its_column():
 
 def test_same_seed_same_predictions():
     X, y = separable_rows((20, 5))
-    first = MODELS["cnn1d"](TINY_PARAMS, (20, 5), N_CLASSES, 3)
+    first = MODELS["cnn1d"](tiny("cnn1d"), (20, 5), N_CLASSES, 3)
     first.fit(X, y, X[::3], y[::3])
-    second = MODELS["cnn1d"](TINY_PARAMS, (20, 5), N_CLASSES, 3)
+    second = MODELS["cnn1d"](tiny("cnn1d"), (20, 5), N_CLASSES, 3)
     second.fit(X, y, X[::3], y[::3])
     np.testing.assert_allclose(first.predict_proba(X), second.predict_proba(X), atol=1e-6)
 
 
 def test_wrong_input_shape_is_a_clear_error():
-    estimator = MODELS["svm"]({}, (10,), N_CLASSES, 0)
+    estimator = MODELS["svm"](tiny("svm"), (10,), N_CLASSES, 0)
     with pytest.raises(ValueError, match=r"expected input \(n, 10\)"):
         estimator.fit(np.zeros((6, 4), np.float32), np.arange(6) % 3)
     with pytest.raises(ValueError, match="tabular input"):
-        MODELS["svm"]({}, (20, 4), N_CLASSES, 0)
+        MODELS["svm"](tiny("svm"), (20, 4), N_CLASSES, 0)
 
 
 def test_feature_input_resolution():
-    assert set(FEATURE_DEFAULTS) == set(MODEL_TYPES)
+    assert set(PARAMS["model"]) - {"type", "features"} == set(MODEL_TYPES)
     for model_type in SKLEARN_TYPES:
-        assert resolve_feature_input(model_type, "auto") == FEATURE_DEFAULTS[model_type]
+        own = PARAMS["model"][model_type]
+        assert resolve_feature_input(model_type, "auto", own) == own["input"]
         assert resolve_feature_input(model_type, "auto", {"input": "whisper"}) == "whisper"
-        assert resolve_feature_input(model_type, "egemaps") == "egemaps"
-        assert resolve_feature_input(model_type, "whisper+egemaps") == "whisper+egemaps"
+        assert resolve_feature_input(model_type, "egemaps", own) == "egemaps"
+        assert resolve_feature_input(model_type, "whisper+egemaps", own) == "whisper+egemaps"
         with pytest.raises(ValueError, match="scikit-learn"):
-            resolve_feature_input(model_type, "whisper_frames")
+            resolve_feature_input(model_type, "whisper_frames", own)
         with pytest.raises(ValueError, match="tabular"):
-            resolve_feature_input(model_type, "sequences")
+            resolve_feature_input(model_type, "sequences", own)
     assert resolve_feature_input("cnn2d", "auto", {"input": "logmel"}) == "logmel"
     assert resolve_feature_input("lstm", "sequences", {"input": "fbank"}) == "fbank"
-    assert resolve_feature_input("gru", "auto") == "mfcc"
+    assert resolve_feature_input("gru", "auto", PARAMS["model"]["gru"]) == PARAMS["model"]["gru"]["input"]
     assert resolve_feature_input("bilstm", "auto", {"input": "whisper_frames"}) == "whisper_frames"
     with pytest.raises(ValueError, match="unknown model.features"):
-        resolve_feature_input("logreg", "whisper+whisper")
+        resolve_feature_input("logreg", "whisper+whisper", PARAMS["model"]["logreg"])
     with pytest.raises(ValueError, match="unknown model type"):
-        resolve_feature_input("transformer", "auto")
+        resolve_feature_input("transformer", "auto", {"input": "mfcc"})
     with pytest.raises(ValueError, match="unknown model.features"):
-        resolve_feature_input("svm", "spectrogram")
+        resolve_feature_input("svm", "spectrogram", PARAMS["model"]["svm"])
 
 
 # ---- ModelBundle on real features of generated audio ------------------------------------------
@@ -137,7 +142,7 @@ def test_bundle_from_signals_to_probabilities(model_type, feature_input, tmp_pat
     probe = ModelBundle(model_type, ["low", "mid", "high"], feature_input, AUDIO, FEATURES, estimator=None)
     X = probe.inputs_from_signals(signals)
     assert X.shape[0] == len(signals)
-    estimator = MODELS[model_type](TINY_PARAMS | {"epochs": 20}, X.shape[1:], 3, 0)
+    estimator = MODELS[model_type](tiny(model_type, epochs=20), X.shape[1:], 3, 0)
     estimator.fit(X, labels)
     names = [f"f{i}" for i in range(X.shape[1])] if feature_input == "both" else []
     bundle = ModelBundle(model_type, ["low", "mid", "high"], feature_input, AUDIO, FEATURES, estimator, names)
@@ -168,7 +173,7 @@ def test_bundle_rejects_bad_signals_and_folders(tmp_path):
 def test_every_keras_family_takes_encoder_frames(model_type, tmp_path):
     """Whisper frames are wide (512 per frame; 160 here keeps the test fast, still above
     proj_above) and float16 on disk: every family projects them, trains and round-trips."""
-    params = {**TINY_PARAMS, "proj_above": 128, "proj_units": 8, "proj_skip": True}
+    params = tiny(model_type, proj_above=128, proj_units=8, proj_skip=True)
     X, y = separable_rows((12, 160))
     X = X.astype(np.float16)
     estimator = MODELS[model_type](params, X.shape[1:], N_CLASSES, 5)

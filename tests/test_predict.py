@@ -116,9 +116,11 @@ def test_a_long_recording_gets_one_prediction_per_window_and_their_mean(small_bu
 def test_the_default_model_is_the_registered_one_and_its_absence_is_explained(tmp_path, monkeypatch):
     from ser.pyfunc import load_predictor
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    from tests.params_support import PARAMS
+
     with pytest.raises(ValueError, match=r"models:/ser-emotion/latest.*--model"):
-        load_predictor(None)
+        load_predictor(None, tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}",
+                       registered_model=PARAMS["mlflow"]["registered_model"], predict_params=PARAMS["predict"])
 
 
 @pytest.mark.mirror
@@ -167,10 +169,10 @@ def test_normalize_by_folder_scores_each_speakers_clips_together(real_mirror, tm
             labels.append(classes.index(emotion))
             speakers.append(actor)
     X = standardize_groups(bundle.inputs_from_signals(rows), speakers)
-    bundle.estimator = MODELS["logreg"]({"C": 1.0}, X.shape[1:], len(classes), 0)
+    bundle.estimator = MODELS["logreg"]({**params["model"]["logreg"], "C": 1.0}, X.shape[1:], len(classes), 0)
     bundle.estimator.fit(X, np.asarray(labels))
     bundle.save(tmp_path / "model")
-    predictor = Predictor.from_bundle_dir(tmp_path / "model")
+    predictor = Predictor.from_bundle_dir(tmp_path / "model", window_s=3.0, hop_s=1.5)
 
     speaker = tmp_path / "speaker_a"
     speaker.mkdir()

@@ -38,7 +38,11 @@ def tracking_uri(real_mirror, tmp_path_factory) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("serve-test", artifact_location=(store / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = log_model(bundle, registered_model_name=REGISTERED, max_bytes=MAX_BYTES)
+        from tests.params_support import params as project_params
+
+        params = project_params()
+        info = log_model(bundle, params["predict"], {**params["serve"], "max_bytes": MAX_BYTES},
+                         registered_model_name=REGISTERED)
     assert info.registered_model_version == 1
     yield uri
     mlflow.set_tracking_uri(previous_global)

@@ -11,12 +11,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from markupsafe import escape
 
-from ser.report import FIGURES, build_report, log_report
+from ser.report import (FIGURES, PipelineOutputs, Report, ShownTables, build_report, example_clips, log_report,
+                        page_context, per_class_table, render_page, scores_by)
 from tests.serve_support import PYTHON, REPO, project_params, subprocess_env
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
@@ -52,7 +55,8 @@ def make_pipeline_outputs(root: Path, with_epochs: bool = True, run_id: str | No
                              "speaker": f"{corpus}_{k}", "gender": "female" if k % 2 else "male",
                              "emotion": emotion, "duration_s": seconds, "status": "ok", "problem": None})
                 signal = load_audio(path, params["audio"])
-                egemaps.append([utterance, *extract(signal, params["features"], ["egemaps"])["egemaps"]])
+                extracted = extract(signal, params["features"], ["egemaps"], params["audio"])
+                egemaps.append([utterance, *extracted["egemaps"]])
     rows.append({"utterance_id": "tess_broken", "corpus": "tess", "path": str(root / "audio" / "gone.wav"),
                  "speaker": "tess_9", "gender": "female", "emotion": "sad", "duration_s": 0.0,
                  "status": "quarantined", "problem": "cannot decode audio"})
@@ -129,3 +133,44 @@ def test_report_without_epochs_or_a_run_still_draws_everything(tmp_path):
     assert set(report.figures) == set(FIGURES)
     assert all(path.stat().st_size > 1000 for path in report.figures.values())
     assert log_report(report.folder, inputs["train"] / "run.json") is None  # no run named: nothing logged
+
+
+HOSTILE = '<script>alert("label")</script>'
+
+
+def page_context_with_label(label: str, folder: Path) -> dict:
+    """A page context whose corpus, class, clip id, protocol, model type and note all carry ``label``."""
+    classes = ["neutral", label]
+    oof = pd.DataFrame({"utterance_id": [f"{label}_0", "u1", "u2", "u3"], "corpus": [label, label, "tess", "tess"],
+                        "fold": [0, 1, 0, 1], "y_true": ["neutral", label, "neutral", label],
+                        "y_pred": ["neutral", label, label, label]})
+    metadata = oof[["utterance_id", "corpus"]].assign(emotion=oof["y_true"], status="ok")
+    outputs = PipelineOutputs(metadata=metadata, oof=oof, history=pd.DataFrame(), classes=classes,
+                              evaluation={"protocol": label, "transductive": True}, run={"model_type": label})
+    tables = ShownTables(counts=pd.crosstab(metadata["emotion"], metadata["corpus"]), examples=example_clips(metadata),
+                         per_class=per_class_table(oof, classes), per_corpus=scores_by(oof, "corpus"),
+                         per_fold=scores_by(oof, "fold"))
+    report = Report(folder, figures={"data_counts": folder / "data_counts.png"}, notes=[f"clip {label} unreadable"])
+    return page_context(report, outputs, tables)
+
+
+def test_user_controlled_strings_are_escaped_everywhere_on_the_page(tmp_path):
+    page = render_page(page_context_with_label(HOSTILE, tmp_path))
+
+    escaped = str(escape(HOSTILE))
+    assert "<script" not in page.lower()
+    assert f"<strong>{escaped}</strong>" in page  # protocol and model type
+    assert f"<th>{escaped}</th>" in page  # class and corpus labels in the tables
+    assert f"<code>{escaped}_0</code>" in page  # example clip id
+    assert f"<li>clip {escaped} unreadable</li>" in page
+    assert '<img src="data_counts.png" alt="Clips per corpus and emotion">' in page
+
+
+def test_every_context_value_is_required_by_the_template(tmp_path):
+    context = page_context_with_label("angry", tmp_path)
+    render_page(context)  # complete: renders
+
+    for key in context:
+        incomplete = {k: v for k, v in context.items() if k != key}
+        with pytest.raises(jinja2.UndefinedError, match=f"'{key}' is undefined"):
+            render_page(incomplete)

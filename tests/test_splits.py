@@ -118,10 +118,10 @@ def test_splits_are_seeded_and_reject_bad_requests():
 @pytest.fixture(scope="module")
 def ravdess_metadata(real_mirror, tmp_path_factory) -> pd.DataFrame:
     """RAVDESS metadata as the harmonize stage builds it (decoded-audio hashes and duplicates)."""
-    from ser.config import load_params, repo_root
+    from tests.params_support import PARAMS
     from ser.harmonize import harmonize
 
-    data_params = load_params(repo_root() / "params.yaml")["data"]
+    data_params = PARAMS["data"]
     return harmonize(real_mirror, ["ravdess"], data_params, root=tmp_path_factory.mktemp("root"))
 
 

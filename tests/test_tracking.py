@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 
-import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -15,10 +13,11 @@ import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
-from ser import tracking
+from ser import project, tracking
 from ser.evaluate import evaluate
 from ser.features import extract
 from ser.train import ModelInputs, train
+from tests.params_support import params as project_params
 
 AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "peak", "peak_level": 0.95,
          "loudness_lufs": -23.0, "max_seconds": 0.5}
@@ -37,9 +36,6 @@ def tone(f0: float, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tracking")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    patch.setenv("DVC_EXP_NAME", "exp-under-test")
     rng = np.random.default_rng(0)
     rows, signals = [], []
     for speaker in range(4):
@@ -53,17 +49,23 @@ def tracked_run(tmp_path_factory):
     metadata = pd.DataFrame(rows)
     X = np.stack([np.concatenate([(e := extract(y, FEATURES, ["functionals", "egemaps"], AUDIO))["functionals"],
                                   e["egemaps"]]) for y in signals]).astype(np.float32)
-    params = {"audio": AUDIO, "features": FEATURES,
-              "split": {"protocol": "speaker_kfold", "n_folds": 2, "val_speakers_fraction": 0.0, "seed": 0},
-              "train": {"target": "emotion", "emotions": None, "use_augmented": False, "class_weight": "balanced",
-                        "seed": 0},
-              "model": {"type": "svm", "features": "auto", "svm": {"C": 10.0, "kernel": "rbf", "gamma": "scale"}},
-              "mlflow": {"experiment": "ser-tracking-test", "registered_model": "ser-emotion-test"}}
+    params = project_params(
+        audio=AUDIO, features=FEATURES,
+        split={"protocol": "speaker_kfold", "n_folds": 2, "val_speakers_fraction": 0.0, "seed": 0},
+        train={"target": "emotion", "emotions": None, "use_augmented": False, "class_weight": "balanced",
+               "speaker_norm": "none", "seed": 0},
+        mlflow={"experiment": "ser-tracking-test", "registered_model": "ser-emotion-test"})
+    params["model"].update({"type": "svm", "features": "auto",
+                            "svm": {**params["model"]["svm"], "C": 10.0, "gamma": "scale"}})
+    settings = tracking.RunSettings(
+        uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="ser-tracking-test", registered_model="ser-emotion-test",
+        run_name="svm-exp-under-test", logged_params={**params, "extra": {"note": 1}},
+        predict_params=params["predict"], serve_params=params["serve"], tags={"dvc_exp_name": "exp-under-test"})
     inputs = ModelInputs(metadata["utterance_id"].tolist(), X, [f"v{i}" for i in range(X.shape[1])])
-    result = train(metadata, inputs, None, params, folder / "train", logged_params={**params, "extra": {"note": 1}})
-    evaluate(folder / "train", folder / "evaluate.json", folder / "plots")
+    result = train(metadata, inputs, None, params, folder / "train", tracking=settings)
+    summary, report = evaluate(folder / "train", folder / "evaluate.json", folder / "plots")
+    tracking.log_evaluation(folder / "train", summary, folder / "plots", report)
     yield result, folder, params
-    patch.undo()
 
 
 def test_store_holds_the_run_params_tags_metrics_and_folds(tracked_run):
@@ -83,6 +85,18 @@ def test_store_holds_the_run_params_tags_metrics_and_folds(tracked_run):
     assert all("uar" in c.data.metrics for c in children)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"plots", "classification_report.txt", "evaluate.json", "train_info.json"} <= artifacts
+
+
+def test_the_experiment_opens_on_training_runs_and_each_run_names_its_dataset(tracked_run):
+    result, folder, params = tracked_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    run = client.get_run(result.run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == "metadata"
+    assert inputs[0].dataset.digest == run.data.tags["data_hash"]
+    assert {tag.key: tag.value for tag in inputs[0].tags}["mlflow.data.context"] == "training"
 
 
 def test_logged_estimator_and_registered_audio_model_load_and_predict(tracked_run):
@@ -117,7 +131,8 @@ def test_tracking_uri_defaults_to_the_repo_store(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "params.yaml").write_text("{}\n")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert tracking.artifact_location() == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert project.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.artifact_location(project.tracking_uri()) == (tmp_path.resolve() / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
-    assert tracking.tracking_uri() == "http://tracking.example:5000" and tracking.artifact_location() is None
+    assert project.tracking_uri() == "http://tracking.example:5000"
+    assert tracking.artifact_location(project.tracking_uri()) is None

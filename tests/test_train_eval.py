@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ import pytest
 from ser.evaluate import evaluate
 from ser.models import ModelBundle
 from ser.train import ModelInputs, class_weights, make_labels, train
+from tests.params_support import params as project_params
 
 EMOTIONS = ["angry", "happy", "neutral", "sad"]
 N_FEATURES = 12
@@ -55,18 +55,19 @@ def generated_inputs(metadata: pd.DataFrame, seed: int = 0) -> tuple[ModelInputs
     return ModelInputs(ids, X, names), copies
 
 
-def small_params(model_type: str = "svm", protocol: str = "speaker_kfold", n_folds: int = 4, **model_params) -> dict:
-    return {
-        "audio": {"sample_rate": 16000, "max_seconds": 1.0},
-        "features": {"sets": ["functionals", "egemaps"]},
-        "split": {"protocol": protocol, "n_folds": n_folds, "val_speakers_fraction": 0.2, "seed": 1},
-        "train": {"target": "emotion", "emotions": None, "use_augmented": True, "class_weight": "balanced",
-                  "seed": 3},
-        "model": {"type": model_type, "features": "auto",
-                  model_type: {"C": 1.0, "max_iter": 15, "hidden_layer_sizes": [16], "epochs": 4, "filters": [4],
-                               "units": [4], "dense_units": 8, "patience": 2, "n_estimators": 20, **model_params}},
-        "mlflow": {"experiment": "ser-tests", "registered_model": "ser-emotion-tests"},
-    }
+def small_params(model_type: str = "svm", protocol: str = "speaker_kfold", n_folds: int = 4, **overrides) -> dict:
+    """params.yaml with small folds and a small model of ``model_type``."""
+    params = project_params(
+        split={"protocol": protocol, "n_folds": n_folds, "val_speakers_fraction": 0.2, "seed": 1},
+        train={"target": "emotion", "emotions": None, "use_augmented": True, "class_weight": "balanced",
+               "speaker_norm": "none", "seed": 3},
+        mlflow={"experiment": "ser-tests", "registered_model": "ser-emotion-tests"})
+    small = {"C": 1.0, "gamma": "scale", "max_iter": 15, "hidden_layer_sizes": [16], "epochs": 4, "filters": [4],
+             "units": [4], "dense_units": 8, "patience": 2, "n_estimators": 20}
+    block = params["model"][model_type]
+    params["model"].update({"type": model_type, "features": "auto",
+                            model_type: {**block, **{k: v for k, v in small.items() if k in block}, **overrides}})
+    return params
 
 
 def write_feature_folder(folder: Path, ids: list[str], X: np.ndarray, names: list[str]) -> None:
@@ -102,7 +103,7 @@ def test_train_writes_the_data_train_contract(tmp_path):
     metadata = generated_metadata()
     metadata.loc[3, "status"] = "quarantined"
     inputs, copies = generated_inputs(metadata)
-    result = train(metadata, inputs, copies, small_params("svm"), tmp_path, track=False)
+    result = train(metadata, inputs, copies, small_params("svm"), tmp_path)
 
     oof = pd.read_parquet(tmp_path / "oof_predictions.parquet")
     assert list(oof.columns[:5]) == ["utterance_id", "corpus", "fold", "y_true", "y_pred"]
@@ -139,21 +140,21 @@ def test_no_speaker_and_no_augmented_copy_of_a_test_clip_is_trained_on(tmp_path)
 
     noise_labels = metadata.assign(emotion=rng.choice(EMOTIONS, size=len(metadata)))
     copies = ModelInputs([f"{u}__aug0" for u in ids], X.copy(), sources=ids)
-    result = train(noise_labels, ModelInputs(ids, X), copies, params, tmp_path / "clips", track=False)
+    result = train(noise_labels, ModelInputs(ids, X), copies, params, tmp_path / "clips")
     assert np.mean([f["accuracy"] for f in result.fold_scores]) < 0.5
 
     speaker_code = metadata["speaker"].astype("category").cat.codes.to_numpy()
     by_speaker = metadata.assign(emotion=[EMOTIONS[c % 4] for c in speaker_code])
     X_speaker = X + speaker_code[:, None].astype(np.float32) * 5.0
-    result = train(by_speaker, ModelInputs(ids, X_speaker), None, params, tmp_path / "speakers", track=False)
+    result = train(by_speaker, ModelInputs(ids, X_speaker), None, params, tmp_path / "speakers")
     assert np.mean([f["accuracy"] for f in result.fold_scores]) < 0.5
 
 
 def test_same_params_same_outputs(tmp_path):
     metadata = generated_metadata()
     inputs, copies = generated_inputs(metadata)
-    first = train(metadata, inputs, copies, small_params("mlp"), tmp_path / "a", track=False)
-    second = train(metadata, inputs, copies, small_params("mlp"), tmp_path / "b", track=False)
+    first = train(metadata, inputs, copies, small_params("mlp"), tmp_path / "a")
+    second = train(metadata, inputs, copies, small_params("mlp"), tmp_path / "b")
     pd.testing.assert_frame_equal(first.oof, second.oof)
     pd.testing.assert_frame_equal(first.history, second.history)
     history = pd.read_csv(tmp_path / "a" / "history.csv")
@@ -166,7 +167,7 @@ def test_keras_final_model_runs_the_folds_median_best_epoch(tmp_path):
     params = small_params("cnn1d", n_folds=3, epochs=5, patience=1)
     params["model"]["features"] = "sequences"
     params["model"]["cnn1d"]["input"] = "mfcc"
-    result = train(metadata, ModelInputs(metadata["utterance_id"].tolist(), X), None, params, tmp_path, track=False)
+    result = train(metadata, ModelInputs(metadata["utterance_id"].tolist(), X), None, params, tmp_path)
     final = result.info["final_model"]
     assert len(final["best_epochs_of_folds"]) == 3
     assert final["params"]["epochs"] == int(round(float(np.median(final["best_epochs_of_folds"]))))
@@ -199,8 +200,8 @@ def test_labels_targets_restrictions_and_merges():
 def test_evaluate_writes_metrics_and_plots(tmp_path):
     metadata = generated_metadata()
     inputs, copies = generated_inputs(metadata)
-    train(metadata, inputs, copies, small_params("mlp"), tmp_path / "train", track=False)
-    summary = evaluate(tmp_path / "train", tmp_path / "metrics" / "evaluate.json", tmp_path / "plots", track=False)
+    train(metadata, inputs, copies, small_params("mlp"), tmp_path / "train")
+    summary, _ = evaluate(tmp_path / "train", tmp_path / "metrics" / "evaluate.json", tmp_path / "plots")
 
     written = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert written == json.loads(json.dumps(summary))
@@ -225,16 +226,16 @@ def test_evaluate_writes_metrics_and_plots(tmp_path):
 def test_random_protocol_is_labelled_speaker_dependent(tmp_path):
     metadata = generated_metadata()
     inputs, copies = generated_inputs(metadata)
-    train(metadata, inputs, copies, small_params("svm", protocol="random"), tmp_path / "train", track=False)
-    summary = evaluate(tmp_path / "train", tmp_path / "evaluate.json", tmp_path / "plots", track=False)
+    train(metadata, inputs, copies, small_params("svm", protocol="random"), tmp_path / "train")
+    summary, _ = evaluate(tmp_path / "train", tmp_path / "evaluate.json", tmp_path / "plots")
     assert summary["protocol"] == "random" and summary["speaker_dependent"] is True
     assert "speaker-dependent" in summary["warning"]
     with pytest.raises(ValueError, match="trained with 'random'"):
-        evaluate(tmp_path / "train", tmp_path / "again.json", tmp_path / "plots", protocol="speaker_kfold", track=False)
+        evaluate(tmp_path / "train", tmp_path / "again.json", tmp_path / "plots", protocol="speaker_kfold")
 
 
 def test_uar_ignores_classes_a_corpus_does_not_have():
-    from ser.evaluate import scores
+    from ser.metrics import scores
 
     perfect_on_present = scores(["happy", "sad", "sad"], ["happy", "sad", "sad"])
     assert perfect_on_present["uar"] == 1.0
@@ -246,10 +247,9 @@ def test_uar_ignores_classes_a_corpus_does_not_have():
 def test_leave_one_corpus_out_scores_each_corpus_from_the_others(tmp_path):
     metadata = generated_metadata()
     inputs, copies = generated_inputs(metadata)
-    result = train(metadata, inputs, copies, small_params("svm", protocol="leave_one_corpus_out"), tmp_path / "train",
-                   track=False)
+    result = train(metadata, inputs, copies, small_params("svm", protocol="leave_one_corpus_out"), tmp_path / "train")
     assert result.oof.groupby("corpus")["fold"].nunique().tolist() == [1, 1]
     assert result.oof["fold"].nunique() == 2
-    summary = evaluate(tmp_path / "train", tmp_path / "evaluate.json", tmp_path / "plots", track=False)
+    summary, _ = evaluate(tmp_path / "train", tmp_path / "evaluate.json", tmp_path / "plots")
     assert summary["protocol"] == "leave_one_corpus_out" and summary["speaker_dependent"] is False
     assert set(summary["per_corpus"]) == {"ravdess", "tess"}

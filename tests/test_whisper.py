@@ -9,20 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ser.features  # noqa: F401  isort: skip  (opensmile before tensorflow)
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ser.audio import DEFAULT_AUDIO_PARAMS, load_audio
+from ser.audio import load_audio
 from ser.features import compute_features, extract, load_sequences, load_table, set_params_hash
 from ser.features import whisper
 from ser.models import MODELS, ModelBundle
 from ser.train import load_model_inputs
 
-AUDIO = {**DEFAULT_AUDIO_PARAMS, "max_seconds": 3.0}
-FEATURES = {"sets": ["whisper"], "whisper": dict(whisper.DEFAULT_WHISPER_PARAMS)}
+from tests.params_support import REPO, model_params, section
+
+AUDIO = section("audio", max_seconds=3.0)
+FEATURES = section("features", sets=["whisper"])
+WHISPER = FEATURES["whisper"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_weights_join_offline_from_the_wheels_and_match_the_pinned_hash(tmp_path
 
 def test_a_corrupted_model_file_is_refused_with_its_path(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("SER_MODEL_CACHE", str(tmp_path))
-    folder, expected = whisper.model_folder(whisper.whisper_params({}))
+    folder, expected = whisper.model_folder(WHISPER)
     assert folder.parent == tmp_path and expected == whisper.WHISPER_BASE_SHA256
     with open(folder / "model.bin", "r+b") as handle:
         handle.seek(1_000_000)
@@ -52,12 +54,12 @@ def test_a_corrupted_model_file_is_refused_with_its_path(tmp_path: Path, monkeyp
         handle.seek(1_000_000)
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(whisper.WhisperModelError, match=r"model\.bin: sha256 .* does not match"):
-        whisper.load_model({**whisper.DEFAULT_WHISPER_PARAMS, "threads": 3})
+        whisper.load_model({**WHISPER, "threads": 3})
 
 
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path):
     with pytest.raises(whisper.WhisperModelError, match="not a CTranslate2 Whisper folder"):
-        whisper.model_folder({**whisper.DEFAULT_WHISPER_PARAMS, "model_dir": str(tmp_path)})
+        whisper.model_folder({**WHISPER, "model_dir": str(tmp_path)})
 
 
 def test_log_mel_matches_whisper_conventions():
@@ -113,19 +115,19 @@ def test_tiny_end_to_end_run_with_the_encoder_set(ravdess_clips, tmp_path: Path)
     metadata = pd.DataFrame({"utterance_id": ids, "path": [str(p) for p in ravdess_clips], "status": "ok",
                              "pcm_sha256": [f"sha-{i}" for i in ids]})
     params = {**FEATURES, "executor": "serial", "workers": 1, "cache_dir": str(tmp_path / "cache")}
-    summary = compute_features(metadata, tmp_path / "features", AUDIO, params, progress=False)
+    summary = compute_features(metadata, tmp_path / "features", AUDIO, params, root=REPO, progress=False)
     assert summary["clips"] == len(ids) and summary["failed"] == 0 and summary["whisper_frames"] == 75
     table = load_table(tmp_path / "features", "whisper")
     assert list(table.index) == sorted(ids) and table.shape[1] == 1024
     order, frames = load_sequences(tmp_path / "features", "whisper_frames")
     assert order == sorted(ids) and frames.shape == (len(ids), 75, 512) and frames.dtype == np.float16
     # Cached: a second run computes nothing.
-    again = compute_features(metadata, tmp_path / "features2", AUDIO, params, progress=False)
+    again = compute_features(metadata, tmp_path / "features2", AUDIO, params, root=REPO, progress=False)
     assert again["computed"] == 0 and again["from_cache"] == len(ids)
 
     inputs = load_model_inputs(tmp_path / "features", "whisper")
     labels = np.arange(len(ids)) % 2
-    estimator = MODELS["logreg"]({"C": 0.1}, inputs.X.shape[1:], 2, 0)
+    estimator = MODELS["logreg"](model_params("logreg", C=0.1), inputs.X.shape[1:], 2, 0)
     estimator.fit(inputs.X, labels)
     bundle = ModelBundle("logreg", ["a", "b"], "whisper", AUDIO, params, estimator, inputs.feature_names)
     bundle.save(tmp_path / "model")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePath, PurePosixPath
+from pathlib import PurePath
 
 CANONICAL_EMOTIONS: tuple[str, ...] = (
     "neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom",
@@ -107,10 +107,6 @@ class Corpus:
 
 def is_audio(path: PurePath) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
-
-
-def as_path(path: PurePath | str) -> PurePosixPath:
-    return PurePosixPath(str(path).replace("\\", "/"))
 
 
 def lookup(table: Mapping[str, str], code: str, what: str, path: PurePath | str) -> str:

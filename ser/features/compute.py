@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ser.audio import load_audio
-from ser.config import repo_root
 from ser.executor import Executor, make_executor
 from ser.features import store
 from ser.features.cache import FeatureCache
@@ -36,6 +35,9 @@ from ser.features.sequences import n_frames, sequence_dims
 from ser.features.whisper import frame_count, model_folder, whisper_names, whisper_params
 
 _WRITE_CHUNK = 256
+# Facts about a run, not about its outputs: returned (for the stage's log line) but kept out of
+# info.json, so the feature folder is byte-identical whether the cache was cold or warm.
+RUN_FACTS = ("computed", "computed_per_set", "from_cache")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def clear_outputs(out_dir: Path, extra: Sequence[str] = ()) -> None:
 def open_cache(feature_params: dict, root: Path, cache_dir: str | os.PathLike | None = None
                ) -> tuple[FeatureCache, Path | None]:
     """The persistent cache (``features.cache_dir``), or a throwaway one when it is null."""
-    folder = cache_dir if cache_dir is not None else feature_params.get("cache_dir")
+    folder = cache_dir if cache_dir is not None else feature_params["cache_dir"]
     if folder:
         folder = Path(folder)
         return FeatureCache(folder if folder.is_absolute() else root / folder), None
@@ -89,13 +91,16 @@ def open_cache(feature_params: dict, root: Path, cache_dir: str | os.PathLike | 
 def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[[str, tuple[str, ...]], Any],
                          job_fn: Callable[[Any], dict], out_dir: Path, audio_params: dict,
                          feature_params: dict, cache: FeatureCache, executor: Executor,
-                         desc: str) -> dict[str, Any]:
+                         desc: str, root: Path | None = None) -> dict[str, Any]:
     """Fill ``out_dir`` for ``entries`` = [(utterance_id, cache key)] (in output order).
 
     ``make_job(key, missing_sets)`` builds the picklable job that ``job_fn`` turns into
-    ``extract``'s dict. Returns a summary (also written to ``info.json``).
+    ``extract``'s dict. Returns a summary; ``info.json`` holds it without the :data:`RUN_FACTS`.
+    Every output file depends only on the entries, the params and the features, never on the
+    workers' completion order, the cache's state or where ``root`` (the folder that relative
+    clip paths resolve against, stripped from failure messages) is.
     """
-    sets = check_sets(feature_params.get("sets", ()))
+    sets = check_sets(feature_params["sets"])
     if "whisper" in sets:
         model_folder(whisper_params(feature_params))  # join/verify the weights once, before any worker
     hashes = {name: set_params_hash(name, audio_params, feature_params) for name in sets}
@@ -112,7 +117,7 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
     for outcome in executor.map(job_fn, jobs, desc=desc, total=len(jobs)):
         job = outcome.item
         if not outcome.ok:
-            failed[job.key] = outcome.error
+            failed[job.key] = _portable(outcome.error, root)
             tqdm.write(f"warning: {getattr(job, 'path', job.key)}: quarantined, {outcome.error}")
             continue
         for name in job.sets:
@@ -140,8 +145,16 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
         "sequence_dims": sequence_dims(feature_params) if "sequences" in sets else {},
         "whisper_frames": frame_count(audio_params, feature_params) if "whisper" in sets else 0,
     }
-    (out_dir / store.INFO_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    info = {key: value for key, value in summary.items() if key not in RUN_FACTS}
+    (out_dir / store.INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return summary
+
+
+def _portable(message: str, root: Path | None) -> str:
+    """``message`` with the absolute ``root`` prefix of clip paths removed (repo-relative paths),
+    so failures.parquet is the same in every clone."""
+    prefix = f"{str(root).rstrip(os.sep)}{os.sep}" if root is not None and root.is_absolute() else ""
+    return message.replace(prefix, "") if prefix != os.sep and prefix else message
 
 
 def _chunks(items: Sequence, size: int = _WRITE_CHUNK):
@@ -195,24 +208,23 @@ def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: di
 
 
 def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: dict,
-                     feature_params: dict, *, root: str | os.PathLike | None = None,
+                     feature_params: dict, *, root: str | os.PathLike,
                      executor: Executor | None = None, cache_dir: str | os.PathLike | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """The features stage: every ``status == "ok"`` clip of ``metadata_df`` -> ``out_dir``.
 
     Quarantined clips (status not ok) are not processed; clips that fail extraction are listed
     in ``failures.parquet`` with their problem. ``root`` resolves relative metadata paths
-    (default: the repo root); ``cache_dir`` overrides ``features.cache_dir``.
+    (the repository root); ``cache_dir`` overrides ``features.cache_dir``.
     """
-    root = Path(root) if root is not None else repo_root()
+    root = Path(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_outputs(out_dir)
     clips = ok_clips(metadata_df)
     paths = dict(zip(clips["pcm_sha256"], (resolve_path(p, root) for p in clips["path"])))
     entries = list(zip(clips["utterance_id"], clips["pcm_sha256"]))
-    executor = executor or make_executor(feature_params.get("executor", "process"),
-                                         int(feature_params.get("workers", 0) or 0))
+    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]))
 
     def make_job(key: str, missing: tuple[str, ...]) -> ClipJob:
         return ClipJob(key, paths[key], missing, audio_params, feature_params)
@@ -221,7 +233,7 @@ def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audi
     try:
         return build_feature_folder(entries, make_job, extract_job, out_dir, audio_params,
                                     feature_params, cache, executor,
-                                    desc="features" if progress else None)
+                                    desc="features" if progress else None, root=root)
     finally:
         cache.close()
         if scratch is not None:

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ser.audio import DEFAULT_AUDIO_PARAMS, AudioSource, load_audio
-from ser.config import params_hash
+from ser.audio import AudioSource, load_audio
+from ser.params import params_hash
 from ser.features.egemaps import egemaps
 from ser.features.functionals import functionals
 from ser.features.sequences import SEQUENCE_KINDS, sequences
@@ -56,30 +56,30 @@ def set_params_hash(set_name: str, audio_params: dict, feature_params: dict) -> 
     """
     audio = {key: value for key, value in audio_params.items()
              if set_name in _FIXED_LENGTH_SETS or key != "max_seconds"}
-    features = {key: feature_params.get(key) for key in _FEATURE_KEYS_OF_SET[set_name]}
+    features = {key: feature_params[key] for key in _FEATURE_KEYS_OF_SET[set_name]}
     if set_name == "whisper":
         features["encoder"] = encoder_identity(feature_params)
     return params_hash({"set": set_name, "version": SET_VERSIONS[set_name], "audio": audio,
                         "features": features})
 
 
-def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None = None,
-            audio_params: dict | None = None) -> dict[str, np.ndarray]:
+def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None,
+            audio_params: dict) -> dict[str, np.ndarray]:
     """Features of a signal produced by ``ser.audio.load_audio`` (trimmed, normalized, untruncated).
 
     Returns ``functionals`` (1-D), ``egemaps`` (88), ``logmel``/``mfcc``/``fbank``
     (T x D, T fixed by ``audio_params["max_seconds"]``) and/or ``whisper`` (pooled encoder
-    frames) with ``whisper_frames`` (T x d_model) for the requested ``sets`` (default:
+    frames) with ``whisper_frames`` (T x d_model) for the requested ``sets`` (None:
     ``params_features["sets"]``). ``audio_params`` is the ``audio:`` section the signal went
-    through (sample rate, fixed length); pass it whenever it may differ from the defaults.
+    through (sample rate, fixed length).
     """
-    audio = audio_params or DEFAULT_AUDIO_PARAMS
+    audio = audio_params
     sample_rate = int(audio["sample_rate"])
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"extract expects a non-empty mono signal, got shape {y.shape}")
     result: dict[str, np.ndarray] = {}
-    for set_name in check_sets(params_features.get("sets", FEATURE_SETS) if sets is None else sets):
+    for set_name in check_sets(params_features["sets"] if sets is None else sets):
         if set_name == "functionals":
             result["functionals"] = functionals(y, sample_rate, params_features)
         elif set_name == "egemaps":

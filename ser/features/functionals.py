@@ -23,8 +23,8 @@ SCALAR_DESCRIPTORS = ("zcr", "rms", "centroid", "bandwidth", "rolloff", "flatnes
 
 def contrast_settings(params: dict, sample_rate: int) -> tuple[float, int]:
     """(fmin, n_bands) of spectral contrast; bands are octaves and must stay below Nyquist."""
-    fmin = float(params.get("contrast_fmin", 100.0))
-    n_bands = int(params.get("contrast_bands", 6))
+    fmin = float(params["contrast_fmin"])
+    n_bands = int(params["contrast_bands"])
     if fmin * 2.0 ** n_bands >= sample_rate / 2:
         raise ValueError(f"features.contrast_fmin={fmin} with contrast_bands={n_bands} exceeds the "
                          f"Nyquist frequency of {sample_rate} Hz audio; lower one of them")
@@ -33,11 +33,11 @@ def contrast_settings(params: dict, sample_rate: int) -> tuple[float, int]:
 
 def descriptor_sizes(params: dict) -> list[tuple[str, int]]:
     """(descriptor, dimension) in output order; names and values are both built from this."""
-    n_mfcc = int(params.get("n_mfcc", 40))
+    n_mfcc = int(params["n_mfcc"])
     return [
         ("mfcc", n_mfcc), ("mfcc_delta", n_mfcc), ("mfcc_delta2", n_mfcc),
-        ("chroma", 12), ("logmel", int(params.get("n_mels", 64))),
-        ("contrast", int(params.get("contrast_bands", 6)) + 1), ("tonnetz", 6),
+        ("chroma", 12), ("logmel", int(params["n_mels"])),
+        ("contrast", int(params["contrast_bands"]) + 1), ("tonnetz", 6),
         *[(name, 1) for name in SCALAR_DESCRIPTORS],
     ]
 
@@ -73,8 +73,8 @@ def frame_descriptors(y: np.ndarray, sample_rate: int, params: dict) -> list[np.
     """Every frame-level descriptor as a (dimension, frames) matrix, in descriptor_sizes order."""
     n_fft, win_length, hop_length = spectral.stft_params(params)
     spec = spectral.spectrum(y, sample_rate, params)
-    logmel = spectral.log_mel(spec, int(params.get("n_mels", 64)))
-    mfcc = spectral.mfcc_from_log_mel(logmel, int(params.get("n_mfcc", 40)))
+    logmel = spectral.log_mel(spec, int(params["n_mels"]))
+    mfcc = spectral.mfcc_from_log_mel(logmel, int(params["n_mfcc"]))
     # mode="nearest" keeps deltas defined for clips shorter than the 9-frame window
     delta = librosa.feature.delta(mfcc, mode="nearest")
     delta2 = librosa.feature.delta(mfcc, order=2, mode="nearest")

@@ -20,8 +20,8 @@ def n_frames(audio_params: dict, params: dict) -> int:
 
 
 def sequence_dims(params: dict) -> dict[str, int]:
-    return {"logmel": int(params.get("n_mels", 64)), "mfcc": int(params.get("n_mfcc", 40)),
-            "fbank": int(params.get("n_fbank", 40))}
+    return {"logmel": int(params["n_mels"]), "mfcc": int(params["n_mfcc"]),
+            "fbank": int(params["n_fbank"])}
 
 
 def sequences(y: np.ndarray, audio_params: dict, params: dict) -> dict[str, np.ndarray]:

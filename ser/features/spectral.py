@@ -25,9 +25,9 @@ class Spectrum:
 
 
 def stft_params(params: dict) -> tuple[int, int, int]:
-    n_fft = int(params.get("n_fft", 512))
-    win_length = int(params.get("win_length", n_fft))
-    hop_length = int(params.get("hop_length", win_length // 4))
+    n_fft = int(params["n_fft"])
+    win_length = int(params["win_length"])
+    hop_length = int(params["hop_length"])
     if win_length > n_fft:
         raise ValueError(f"features.win_length ({win_length}) must not exceed n_fft ({n_fft})")
     return n_fft, win_length, hop_length

@@ -54,17 +54,12 @@ HOP = 160                    # 100 mel frames/s; the encoder halves it to 50 fra
 MAX_MEL_FRAMES = 3000        # a 30 s window, the longest input the encoder has positions for
 _CHUNK = 1 << 20
 
-DEFAULT_WHISPER_PARAMS: dict[str, Any] = {
-    "model_dir": None, "compute_type": "int8", "pad_seconds": 8.0, "frame_pool": 2, "threads": 1,
-}
-
-
 class WhisperModelError(RuntimeError):
     """The encoder's files are missing, corrupted or not a CTranslate2 Whisper model."""
 
 
 def whisper_params(feature_params: dict) -> dict[str, Any]:
-    return {**DEFAULT_WHISPER_PARAMS, **(feature_params.get("whisper") or {})}
+    return feature_params["whisper"]
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -140,7 +135,7 @@ def joined_base_model(cache: str | os.PathLike | None = None) -> Path:
 
 def model_folder(params: dict[str, Any]) -> tuple[Path, str]:
     """``(folder, expected sha256 of its model.bin)`` for ``features.whisper`` params."""
-    if params.get("model_dir"):
+    if params["model_dir"]:
         folder = Path(params["model_dir"]).expanduser()
         if not (folder / "model.bin").is_file() or not (folder / "config.json").is_file():
             raise WhisperModelError(f"features.whisper.model_dir={folder}: not a CTranslate2 Whisper "
@@ -157,7 +152,7 @@ def _user_model_hash(folder: str, mtime_ns: int) -> str:
 def encoder_identity(feature_params: dict) -> dict[str, Any]:
     """What shapes the encoder's numbers: part of the ``whisper`` set's cache key."""
     params = whisper_params(feature_params)
-    if params.get("model_dir"):
+    if params["model_dir"]:
         _, digest = model_folder(params)
     else:
         digest = WHISPER_BASE_SHA256

@@ -22,18 +22,6 @@ SKLEARN_TYPES = ("logreg", "mlp", "svm", "random_forest", "decision_tree")
 KERAS_TYPES = ("cnn1d", "cnn2d", "lstm", "bilstm", "gru", "clstm")
 MODEL_TYPES = SKLEARN_TYPES + KERAS_TYPES
 
-# The ``auto`` input of each type when its params name none; a type's own ``input`` param wins.
-FEATURE_DEFAULTS: dict[str, str] = {
-    **{t: "both" for t in SKLEARN_TYPES},
-    "logreg": "whisper+egemaps",
-    "cnn1d": "mfcc",
-    "cnn2d": "logmel",
-    "lstm": "mfcc",
-    "bilstm": "mfcc",
-    "gru": "mfcc",
-    "clstm": "logmel",
-}
-
 
 def _module_for(model_type: str):
     if model_type in SKLEARN_TYPES:
@@ -72,14 +60,13 @@ def uses_validation(model_type: str) -> bool:
     return is_keras(model_type) or model_type == "mlp"
 
 
-def resolve_feature_input(model_type: str, features: str, params_of_type: dict[str, Any] | None = None) -> str:
+def resolve_feature_input(model_type: str, features: str, params_of_type: dict[str, Any]) -> str:
     """``model.features`` (auto | sequences | a table or tables fused with ``+`` | both | a
     sequence kind) resolved to the concrete input this type trains on; ``auto`` is the type's
     own ``input`` param."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type '{model_type}'; choose one of {list(MODEL_TYPES)}")
-    params_of_type = params_of_type or {}
-    sequence_kind = params_of_type.get("input", FEATURE_DEFAULTS[model_type])
+    sequence_kind = params_of_type["input"]
     if features in (None, "auto"):
         features = sequence_kind
     if features == "sequences":
@@ -98,6 +85,6 @@ def resolve_feature_input(model_type: str, features: str, params_of_type: dict[s
 
 
 __all__ = [
-    "FEATURE_DEFAULTS", "KERAS_TYPES", "MODELS", "MODEL_TYPES", "ModelBundle", "SKLEARN_TYPES",
+    "KERAS_TYPES", "MODELS", "MODEL_TYPES", "ModelBundle", "SKLEARN_TYPES",
     "is_keras", "load_estimator", "resolve_feature_input", "uses_validation",
 ]

@@ -120,9 +120,9 @@ class ModelBundle:
             audio=description["audio"],
             features=description["features"],
             estimator=estimator,
-            feature_names=description.get("feature_names", []),
-            target=description.get("target", "emotion"),
-            speaker_norm=description.get("speaker_norm", "none"),
+            feature_names=description["feature_names"],
+            target=description["target"],
+            speaker_norm=description["speaker_norm"],
         )
 
     # ---- inputs --------------------------------------------------------------------------

@@ -22,8 +22,7 @@ a tabular input ``(n, D)`` is read as a length-D sequence of one value. Every ne
 Training: AdamW with a warm-up + cosine learning-rate decay (``schedule: cosine``; ``constant``
 turns it off), label smoothing, balanced class weights as sample weights, and early stopping on
 the speaker-disjoint validation loss (best weights restored). Every knob is a param
-(``params.get(key, default)``); the defaults are the recipe in ``params.yaml`` (its ``cnn1d``
-block, ``max_steps`` apart). Sized for two CPU cores: a 6-fold cross-validation of a family on
+(``params.yaml`` holds every value; ``ser.params`` checks them). Sized for two CPU cores: a 6-fold cross-validation of a family on
 RAVDESS takes 3-5 minutes.
 """
 
@@ -213,14 +212,14 @@ def _conv1d_blocks(x, filters, kernel_size, dropout):
     return x
 
 
-def _conv2d_blocks(x, filters, kernel_size, dropout, time_pool_until: int = 0):
+def _conv2d_blocks(x, filters, kernel_size, dropout):
     """Conv2D-BN-ReLU blocks over a (time, feature, channels) image; each block halves the
-    feature axis, and the time axis while it is longer than ``time_pool_until``."""
+    feature and time axes (while they are long enough)."""
     for count in filters:
         x = keras.layers.Conv2D(int(count), int(kernel_size), padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = keras.layers.Activation("relu")(x)
-        pool = (2 if x.shape[1] >= 4 and x.shape[1] > time_pool_until else 1, 2 if x.shape[2] >= 2 else 1)
+        pool = (2 if x.shape[1] >= 4 else 1, 2 if x.shape[2] >= 2 else 1)
         if pool != (1, 1):
             x = keras.layers.MaxPooling2D(pool)(x)
         x = keras.layers.SpatialDropout2D(dropout)(x)
@@ -239,52 +238,50 @@ def _recurrent_stack(x, model_type, units, dropout):
 
 
 def _pool(x, params: dict[str, Any]):
-    pooling = str(params.get("pooling", "stats"))
+    pooling = str(params["pooling"])
     if pooling == "mean":
         return keras.layers.GlobalAveragePooling1D()(x)
     if pooling not in ("stats", "attention"):
         raise ValueError(f"unknown pooling '{pooling}'; use stats, attention or mean")
-    return StatsPooling(attention=pooling == "attention", attention_units=int(params.get("attention_units", 64)),
+    return StatsPooling(attention=pooling == "attention", attention_units=int(params["attention_units"]),
                         name="stats_pooling")(x)
 
 
 def build_network(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
                   seed: int | None = None) -> keras.Model:
-    dropout = float(params.get("dropout", 0.2))
+    dropout = float(params["dropout"])
     inputs = keras.Input(shape=input_shape, name="features")
     x = keras.layers.Normalization(axis=-1, name="standardize")(inputs)
     x = _as_sequence(x, input_shape)
-    if int(params.get("time_masks", 2)) > 0 or int(params.get("freq_masks", 2)) > 0:
-        x = SpecAugment(params.get("time_masks", 2), params.get("time_width", 0.1), params.get("freq_masks", 2),
-                        params.get("freq_width", 0.15), seed=seed, name="spec_augment")(x)
-    x = _time_pool(x, int(params.get("max_steps", 0)))
-    x, projected = _project(x, int(params.get("proj_units", 64)), int(params.get("proj_above", 128)),
-                            float(params.get("proj_dropout", dropout)))
+    if int(params["time_masks"]) > 0 or int(params["freq_masks"]) > 0:
+        x = SpecAugment(params["time_masks"], params["time_width"], params["freq_masks"],
+                        params["freq_width"], seed=seed, name="spec_augment")(x)
+    x = _time_pool(x, int(params["max_steps"]))
+    x, projected = _project(x, int(params["proj_units"]), int(params["proj_above"]), dropout)
     # Pretrained frames (Whisper) are already good features: a shortcut carries the statistics of
     # the projected frames past the body, so the body only has to add to a pooled-frame probe.
-    shortcut = StatsPooling(name="projection_stats")(x) if projected and params.get("proj_skip", True) else None
+    shortcut = StatsPooling(name="projection_stats")(x) if projected and params["proj_skip"] else None
     if model_type == "cnn1d":
-        x = _conv1d_blocks(x, _as_list(params.get("filters", [48, 64, 96])), params.get("kernel_size", 5), dropout)
+        x = _conv1d_blocks(x, _as_list(params["filters"]), params["kernel_size"], dropout)
     elif model_type in ("cnn2d", "clstm"):
         x = keras.layers.Reshape((*x.shape[1:], 1))(x)
-        x = _conv2d_blocks(x, _as_list(params.get("filters", [16, 32, 64] if model_type == "cnn2d" else [16, 32])),
-                           params.get("kernel_size", 3), dropout, int(params.get("conv_min_steps", 0)))
-        if str(params.get("freq_reduce", "flatten")) == "mean":  # average the feature axis away
+        x = _conv2d_blocks(x, _as_list(params["filters"]), params["kernel_size"], dropout)
+        if str(params["freq_reduce"]) == "mean":  # average the feature axis away
             x = keras.layers.AveragePooling2D((1, x.shape[2]))(x)
         x = keras.layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)
         if model_type == "clstm":
-            x = _recurrent_stack(x, "lstm", params.get("units", 64), dropout)
+            x = _recurrent_stack(x, "lstm", params["units"], dropout)
     elif model_type in ("lstm", "bilstm", "gru"):
-        x = _recurrent_stack(x, model_type, params.get("units", [64]), dropout)
+        x = _recurrent_stack(x, model_type, params["units"], dropout)
     else:
         raise ValueError(f"'{model_type}' is not a Keras model type")
     x = _pool(x, params)
     if shortcut is not None:
         x = keras.layers.Concatenate()([x, shortcut])
-    x = keras.layers.Dense(int(params.get("dense_units", 64)), use_bias=False)(x)
+    x = keras.layers.Dense(int(params["dense_units"]), use_bias=False)(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = keras.layers.Activation("relu")(x)
-    x = keras.layers.Dropout(float(params.get("head_dropout", dropout)))(x)
+    x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=model_type)
 
@@ -320,19 +317,19 @@ class KerasEstimator:
         X = self._check(X)
         y = np.asarray(y, dtype=np.int64)
         self.model.get_layer("standardize").adapt(X)
-        epochs = int(p.get("epochs", 35))
-        batch_size = int(p.get("batch_size", 64))
+        epochs = int(p["epochs"])
+        batch_size = int(p["batch_size"])
         steps = max(1, math.ceil(len(X) / batch_size))
-        learning_rate = float(p.get("learning_rate", 3e-3))
-        if str(p.get("schedule", "cosine")) == "cosine":
-            warmup = min(int(p.get("warmup_epochs", 2)) * steps, max(0, epochs * steps - 1))
+        learning_rate = float(p["learning_rate"])
+        if str(p["schedule"]) == "cosine":
+            warmup = min(int(p["warmup_epochs"]) * steps, max(0, epochs * steps - 1))
             learning_rate = keras.optimizers.schedules.CosineDecay(
-                learning_rate / 10, decay_steps=max(1, epochs * steps - warmup), alpha=float(p.get("min_lr_ratio", 0.02)),
+                learning_rate / 10, decay_steps=max(1, epochs * steps - warmup), alpha=float(p["min_lr_ratio"]),
                 warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=float(p.get("weight_decay", 1e-3)),
-                                           clipnorm=float(p.get("clipnorm", 5.0)))
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=float(p["weight_decay"]),
+                                           clipnorm=float(p["clipnorm"]))
         self.model.compile(optimizer=optimizer,
-                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(p.get("label_smoothing", 0.1))),
+                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(p["label_smoothing"])),
                            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
         weights = np.ones(len(y), dtype=np.float32)
         if class_weight:
@@ -342,7 +339,7 @@ class KerasEstimator:
         validation = None
         if X_val is not None and y_val is not None and len(y_val) > 0:
             validation = (self._check(X_val), self._one_hot(y_val))
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(p.get("patience", 10)),
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(p["patience"]),
                                                            restore_best_weights=True))
         result = self.model.fit(X, self._one_hot(y), sample_weight=weights, batch_size=batch_size, epochs=epochs,
                                 validation_data=validation, validation_batch_size=256, shuffle=True, verbose=0,

@@ -31,34 +31,36 @@ from sklearn.tree import DecisionTreeClassifier
 from tqdm.auto import tqdm
 
 
+# Kernel cache of the SVC: speed only, never the result.
+SVC_CACHE_MB = 500.0
+
+
 def _classifier(model_type: str, params: dict[str, Any], seed: int):
     if model_type == "logreg":
         # A linear probe: on a pretrained encoder's pooled frames it is the field's reference head.
-        return LogisticRegression(C=float(params.get("C", 0.1)), max_iter=int(params.get("max_iter", 3000)),
-                                  tol=float(params.get("tol", 1e-4)), random_state=seed)
+        return LogisticRegression(C=float(params["C"]), max_iter=int(params["max_iter"]), random_state=seed)
     if model_type == "svm":
         # Platt-scaled probabilities, fitted on cross-validated decision values (what the
         # deprecated SVC(probability=True) did internally), then one SVC on all the rows.
-        svc = SVC(C=float(params.get("C", 10.0)), kernel=params.get("kernel", "rbf"),
-                  gamma=params.get("gamma", "scale"), random_state=seed,
-                  cache_size=float(params.get("cache_size", 500)))
-        return CalibratedClassifierCV(svc, method="sigmoid", cv=int(params.get("calibration_folds", 3)),
+        svc = SVC(C=float(params["C"]), kernel=params["kernel"], gamma=params["gamma"], random_state=seed,
+                  cache_size=SVC_CACHE_MB)
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=int(params["calibration_folds"]),
                                       ensemble=False)
     if model_type == "random_forest":
         return RandomForestClassifier(
-            n_estimators=int(params.get("n_estimators", 300)), max_depth=params.get("max_depth"),
-            min_samples_leaf=int(params.get("min_samples_leaf", 1)),
-            max_features=params.get("max_features", "sqrt"), n_jobs=int(params.get("n_jobs", 1)),
+            n_estimators=int(params["n_estimators"]), max_depth=params["max_depth"],
+            min_samples_leaf=int(params["min_samples_leaf"]),
+            max_features=params["max_features"], n_jobs=int(params["n_jobs"]),
             random_state=seed)
     if model_type == "decision_tree":
-        return DecisionTreeClassifier(max_depth=params.get("max_depth"),
-                                      min_samples_leaf=int(params.get("min_samples_leaf", 1)),
+        return DecisionTreeClassifier(max_depth=params["max_depth"],
+                                      min_samples_leaf=int(params["min_samples_leaf"]),
                                       random_state=seed)
     if model_type == "mlp":
-        return MLPClassifier(hidden_layer_sizes=tuple(params.get("hidden_layer_sizes", (256, 128))),
-                             alpha=float(params.get("alpha", 1e-3)),
-                             learning_rate_init=float(params.get("learning_rate_init", 1e-3)),
-                             batch_size=int(params.get("batch_size", 200)), random_state=seed)
+        return MLPClassifier(hidden_layer_sizes=tuple(params["hidden_layer_sizes"]),
+                             alpha=float(params["alpha"]),
+                             learning_rate_init=float(params["learning_rate_init"]),
+                             batch_size=int(params["batch_size"]), random_state=seed)
     raise ValueError(f"'{model_type}' is not a scikit-learn model type")
 
 
@@ -100,17 +102,17 @@ class SklearnEstimator:
         scaler: StandardScaler = self.pipeline.named_steps["scale"]
         mlp: MLPClassifier = self.pipeline.named_steps["model"]
         X_scaled = scaler.fit_transform(X)
-        mlp.set_params(batch_size=max(1, min(int(self.params.get("batch_size", 200)), len(X))))
+        mlp.set_params(batch_size=max(1, min(int(self.params["batch_size"]), len(X))))
         has_val = X_val is not None and y_val is not None and len(y_val) > 0
-        stop_early = has_val and bool(self.params.get("early_stopping", True))
+        stop_early = has_val and bool(self.params["early_stopping"])
         if has_val:
             X_val_scaled = scaler.transform(self._check(X_val))
             y_val = np.asarray(y_val, dtype=np.int64)
         classes = np.arange(self.n_classes)
-        patience = int(self.params.get("patience", 10))
+        patience = int(self.params["patience"])
         history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         best_loss, best_state, epochs_without_gain = np.inf, None, 0
-        for epoch in tqdm(range(int(self.params.get("max_iter", 200))), desc="mlp epochs", unit="epoch", leave=False):
+        for epoch in tqdm(range(int(self.params["max_iter"])), desc="mlp epochs", unit="epoch", leave=False):
             mlp.partial_fit(X_scaled, y, sample_weight=sample_weight, classes=classes)
             train_proba = mlp.predict_proba(X_scaled)
             history["epoch"].append(epoch)

@@ -27,7 +27,6 @@ from ser.audio import AudioError
 from ser.predict import Predictor, audio_error_message
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_MAX_BYTES = 10_000_000
 WAVEFORM_POINTS = 800
 SPECTROGRAM_MAX_COLUMNS = 1200
 SPECTROGRAM_MELS = 80
@@ -59,11 +58,7 @@ def spectrogram_png(y: np.ndarray, sample_rate: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def create_app(predictor: Predictor, max_bytes: int | None = None, model_description: str = "") -> FastAPI:
-    if max_bytes is None:
-        from ser.predict import project_section
-
-        max_bytes = int(project_section("serve").get("max_bytes", DEFAULT_MAX_BYTES))
+def create_app(predictor: Predictor, max_bytes: int, model_description: str = "") -> FastAPI:
     lock = threading.Lock()  # one prediction at a time: feature extractors are not all re-entrant
     app = FastAPI(title="ser: speech emotion recognition", version="0.1.0")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

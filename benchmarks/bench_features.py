@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``python -m ser.bench features``.
+"""Feature benchmark (not a test): ``python benchmarks/bench_features.py features``.
 
 Measures, on the RAVDESS mirror and in one run on the same clips, the seeds' naive recipe
 (per file ``librosa.load`` at 22050 Hz, then the means of MFCC(40), chroma_stft and the mel
@@ -26,18 +26,20 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-import ser.features  # noqa: E402,F401  (opensmile before anything that could pull in tensorflow)
 from ser.audio import load_audio  # noqa: E402
-from ser.config import load_params, repo_root  # noqa: E402
+from ser.project import load_params, repo_root  # noqa: E402
 from ser.executor import cpu_count, make_executor  # noqa: E402
 from ser.features import extract  # noqa: E402
 from ser.features import spectral  # noqa: E402
 
-NAIVE_RATE = 22050
 NAIVE_N_MFCC = 40
 
 
@@ -68,10 +70,11 @@ def feature_set_job(job: tuple[str, dict, dict, tuple[str, ...]]) -> int:
     return sum(v.size for v in values.values())
 
 
-def warm_up_job(seconds: float) -> int:
+def warm_up_job(job: tuple[float, dict, dict]) -> int:
     """What a fresh worker pays once: imports and the first call of every extractor."""
+    seconds, audio_params, feature_params = job
     y = (0.1 * np.sin(np.arange(int(16000 * seconds)) * 0.2)).astype(np.float32)
-    return len(extract(y, {"n_mfcc": NAIVE_N_MFCC, "n_mels": 64}, ("functionals", "egemaps", "sequences")))
+    return len(extract(y, feature_params, ("functionals", "egemaps", "sequences"), audio_params))
 
 
 class PeakRss:
@@ -149,7 +152,7 @@ def ravdess_clips(mirror: Path, limit: int | None) -> list[Path]:
 def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(args.params)
     audio_params, feature_params = params["audio"], params["features"]
-    workers = args.workers or int(feature_params.get("workers", 0) or 0) or cpu_count()
+    workers = args.workers or int(feature_params["workers"]) or cpu_count()
     files = ravdess_clips(Path(args.mirror), args.limit)
     paths = [str(p) for p in files]
     audio_seconds = sum(sf.info(p).duration for p in paths)
@@ -184,7 +187,7 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     # openSMILE); the naive row was spared its imports. Measured once here so the rows can be
     # compared both ways: as run, and net of that fixed cost.
     startup = measure("pool start-up (spawn + imports + first call)", lambda: run_executor(
-        warm_up_job, [0.2] * (8 * workers), "process", workers, None), workers, 0.0, workers)
+        warm_up_job, [(0.2, audio_params, feature_params)] * (8 * workers), "process", workers, None), workers, 0.0, workers)
     naive_rate, naive_work = rows[0]["clips_per_s"], rows[0]["clips_per_cpu_s"]
     for row in rows:
         pooled = row["workers"] > 1
@@ -266,7 +269,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ser.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_features.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     features = sub.add_parser("features", help="feature extraction throughput vs the seeds' recipe")

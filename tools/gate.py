@@ -1,4 +1,4 @@
-"""CI metric gate: ``python -m ser.gate``.
+"""CI metric gate (a tool, not part of the library): ``python tools/gate.py``.
 
 Runs the real pipeline with the default params (``dvc repro``), prints ``dvc metrics diff
 HEAD``, and exits non-zero when a metric of ``metrics/evaluate.json`` falls below the committed
@@ -18,17 +18,21 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ser.metrics import METRICS  # noqa: E402
+from ser.metrics import lookup as metric  # noqa: E402
+
 DEFAULT_METRICS = "metrics/evaluate.json"
 DEFAULT_THRESHOLDS = "metrics/thresholds.yaml"
 
 
-def lookup(metrics: dict[str, Any], dotted: str) -> float | None:
-    value: Any = metrics
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def lookup(metrics: dict[str, Any] | None, dotted: str) -> float | None:
+    """A score of evaluate.json by dotted name, or None when it is not there."""
+    try:
+        return metric(metrics or {}, dotted)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def dvc_command() -> list[str]:
@@ -66,7 +70,7 @@ def check(current: dict[str, Any], baseline: dict[str, Any] | None, thresholds: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ser.gate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python tools/gate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metrics", default=DEFAULT_METRICS)
     parser.add_argument("--thresholds", default=DEFAULT_THRESHOLDS)
@@ -76,28 +80,28 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = committed_metrics(args.metrics, args.baseline_rev)
     if not args.no_repro:
-        print("ser.gate: dvc repro (default params)", flush=True)
+        print("gate: dvc repro (default params)", flush=True)
         if subprocess.run([*dvc_command(), "repro"]).returncode != 0:
-            print("ser.gate: FAIL: dvc repro failed", file=sys.stderr)
+            print("gate: FAIL: dvc repro failed", file=sys.stderr)
             return 2
-    print(f"ser.gate: dvc metrics diff {args.baseline_rev}", flush=True)
+    print(f"gate: dvc metrics diff {args.baseline_rev}", flush=True)
     subprocess.run([*dvc_command(), "metrics", "diff", args.baseline_rev, "--precision", "4"])
     metrics_path = Path(args.metrics)
     if not metrics_path.is_file():
-        print(f"ser.gate: FAIL: {metrics_path} was not produced", file=sys.stderr)
+        print(f"gate: FAIL: {metrics_path} was not produced", file=sys.stderr)
         return 2
     current = json.loads(metrics_path.read_text(encoding="utf-8"))
     thresholds = yaml.safe_load(Path(args.thresholds).read_text(encoding="utf-8")) or {}
     if baseline is None:
-        print(f"ser.gate: no {args.metrics} at {args.baseline_rev}; only the floors apply (commit the metrics "
+        print(f"gate: no {args.metrics} at {args.baseline_rev}; only the floors apply (commit the metrics "
               "to set the baseline)")
     failures = check(current, baseline, thresholds)
-    summary = ", ".join(f"{k}={lookup(current, k):.4f}" for k in ("uar", "accuracy", "macro_f1")
+    summary = ", ".join(f"{k}={lookup(current, k):.4f}" for k in METRICS
                         if lookup(current, k) is not None)
     if failures:
-        print("ser.gate: FAIL: metric regression\n  " + "\n  ".join(failures), file=sys.stderr)
+        print("gate: FAIL: metric regression\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
-    print(f"ser.gate: PASS ({summary})")
+    print(f"gate: PASS ({summary})")
     return 0
 
 

@@ -1,0 +1,58 @@
+"""Where the project is and what its environment says: for entry points only.
+
+``stages/*.py``, ``ser.cli``, ``benchmarks/`` and ``tools/`` call this module; the rest of ``ser``
+never does. The library is handed a params mapping, a folder, a tracking URI and run tags as
+arguments, so it works the same inside DVC, in a notebook or in a served model.
+
+- ``repo_root()``: ``DVC_ROOT`` when DVC runs the stage (it points at the main work tree even
+  for ``dvc exp run --temp`` / ``--queue`` workers, so queued experiments share one MLflow
+  store), else the nearest folder holding ``params.yaml``.
+- ``tracking_uri()``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``.
+- ``experiment_tags()`` / ``run_name()``: what ``dvc exp run`` says about the experiment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ser import params as schema
+
+PARAMS_FILE = "params.yaml"
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder
+    return here
+
+
+def params_path(path: str | os.PathLike | None = None) -> Path:
+    return Path(path) if path is not None else repo_root() / PARAMS_FILE
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The project's params.yaml (or ``path``), validated against ``ser.params``."""
+    return schema.load(params_path(path))
+
+
+def tracking_uri(root: str | os.PathLike | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or repo_root()) / 'mlflow.db'}"
+
+
+def experiment_tags() -> dict[str, str]:
+    tags = {}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+def run_name(model_type: str) -> str:
+    return f"{model_type}-{os.environ.get('DVC_EXP_NAME', 'run')}"

@@ -1,0 +1,109 @@
+"""The params schema: params.yaml validates; a wrong type, an unknown key or a missing key fails
+with the key's dotted name; the library never discovers the project or DVC by itself."""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ser.params import ParamsError, load, validate, validate_section
+from tests.params_support import PARAMS, REPO
+
+
+def test_the_shipped_params_file_validates_and_comes_back_as_written():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert load(REPO / "params.yaml") == raw
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("model", "svm", "C"), "ten", r"model\.svm\.C: .*valid number"),
+    (("features", "n_mfcc"), [40], r"features\.n_mfcc: .*valid integer"),
+    (("split", "protocol"), "leave_one_out", r"split\.protocol: .*speaker_kfold"),
+    (("data", "corpora"), ["ravdess", "iemocap"], r"data\.corpora\.1: .*ravdess"),
+    (("features", "whisper", "compute_type"), "int4", r"features\.whisper\.compute_type"),
+])
+def test_a_wrong_type_names_the_dotted_key(path, value, message):
+    params = copy.deepcopy(PARAMS)
+    target = params
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ParamsError, match=message):
+        validate(params, "params.yaml")
+
+
+def test_an_unknown_key_is_refused_with_its_dotted_name():
+    params = copy.deepcopy(PARAMS)
+    params["model"]["svm"]["gama"] = 0.001
+    params["extra_section"] = {}
+    with pytest.raises(ParamsError) as caught:
+        validate(params, "params.yaml")
+    assert "model.svm.gama: unknown key" in str(caught.value)
+    assert "extra_section: unknown key" in str(caught.value)
+
+
+def test_a_missing_key_is_an_error_not_a_silent_default():
+    params = copy.deepcopy(PARAMS)
+    del params["model"]["lstm"]["patience"]
+    del params["audio"]
+    with pytest.raises(ParamsError) as caught:
+        validate(params, "params.yaml")
+    assert "model.lstm.patience: missing" in str(caught.value) and "audio: missing" in str(caught.value)
+
+
+def test_one_section_validates_alone():
+    assert validate_section("audio", PARAMS["audio"]) == PARAMS["audio"]
+    with pytest.raises(ParamsError, match=r"audio\.sample_rate: missing"):
+        validate_section("audio", {k: v for k, v in PARAMS["audio"].items() if k != "sample_rate"})
+
+
+def test_a_stage_refuses_a_bad_params_file(tmp_path):
+    import subprocess
+    import sys
+
+    bad = copy.deepcopy(PARAMS)
+    bad["features"]["sets"] = ["functionals", "wav2vec"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "features.py"), "--metadata", "x.parquet",
+                             "--out", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0 and "features.sets.1" in result.stderr
+
+
+# ---- the library boundary ------------------------------------------------------------------
+ENTRY_ONLY = {"ser/project.py", "ser/cli.py", "ser/__main__.py"}
+
+
+def library_modules() -> list[Path]:
+    return [p for p in sorted((REPO / "ser").rglob("*.py")) if str(p.relative_to(REPO)) not in ENTRY_ONLY]
+
+
+def test_the_library_never_discovers_the_project_or_dvc():
+    offenders = []
+    for path in library_modules():
+        source = path.read_text()
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "ser.project":
+                offenders.append(f"{path.relative_to(REPO)} imports ser.project")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                    node.value.startswith("DVC_") or node.value == "params.yaml"):
+                offenders.append(f"{path.relative_to(REPO)} names {node.value!r}")
+    assert offenders == []
+
+
+def test_no_params_defaults_hide_in_the_library():
+    """``params.get("key", default)`` would be a second home for a default that params.yaml owns."""
+    names = {"params", "p", "feature_params", "audio_params", "train_params", "split_params", "model_params",
+             "augment_params", "params_features", "noise", "shift", "pitch", "stretch", "settings"}
+    offenders = []
+    for path in library_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
