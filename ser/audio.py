@@ -1,14 +1,19 @@
 """The audio front end: one code path from encoded audio to the signal every model sees.
 
 Training, ``ser predict`` and the served model all call :func:`load_audio`, so a clip is
-decoded, downmixed, resampled, trimmed and normalized the same way everywhere.
+decoded, downmixed, resampled, trimmed and normalized the same way everywhere. A long file on
+disk is read in blocks instead (:func:`resampled_blocks`, :func:`stream_extent`,
+:func:`cut_ranges`): the same samples and the same edge trim, without holding the recording.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
@@ -27,6 +32,15 @@ def describe_source(source: AudioSource) -> str:
     return str(source)
 
 
+def _readable_path(source: str | os.PathLike) -> str:
+    path = Path(source)
+    if not path.is_file():
+        raise AudioError(f"{source}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{source}: empty file (0 bytes)")
+    return str(path)
+
+
 def decode(source: AudioSource) -> tuple[np.ndarray, int]:
     """Decode a file path or encoded bytes to ``(samples[n, channels] float32, sample_rate)``.
 
@@ -39,12 +53,7 @@ def decode(source: AudioSource) -> tuple[np.ndarray, int]:
             raise AudioError(f"{name}: empty input (0 bytes)")
         handle: object = io.BytesIO(bytes(source))
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise AudioError(f"{name}: no such file")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{name}: empty file (0 bytes)")
-        handle = str(path)
+        handle = _readable_path(source)
     try:
         samples, sample_rate = sf.read(handle, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -91,19 +100,39 @@ def trim_silence(y: np.ndarray, sample_rate: int, top_db: float) -> np.ndarray:
     silence, is returned unchanged rather than emptied.
     """
     y = np.asarray(y, dtype=np.float32)
-    frame = max(1, int(round(_ENVELOPE_FRAME_S * sample_rate)))
-    hop = max(1, int(round(_ENVELOPE_HOP_S * sample_rate)))
+    frame, hop = _envelope_sizes(sample_rate)
     if y.size < frame:
         return y
-    framed = np.lib.stride_tricks.sliding_window_view(y, frame)[::hop]
-    energy = np.mean(np.square(framed, dtype=np.float64), axis=1)
+    loud = _loud_frames(_frame_energy(_frames(y, frame, hop)), top_db)
+    if loud is None:
+        return y
+    return y[loud[0] * hop:min(y.size, loud[1] * hop + frame)]
+
+
+def _envelope_sizes(sample_rate: int) -> tuple[int, int]:
+    return max(1, int(round(_ENVELOPE_FRAME_S * sample_rate))), max(1, int(round(_ENVELOPE_HOP_S * sample_rate)))
+
+
+def _frames(y: np.ndarray, frame: int, hop: int) -> np.ndarray:
+    return np.lib.stride_tricks.sliding_window_view(y, frame)[::hop]
+
+
+def _frame_energy(framed: np.ndarray) -> np.ndarray:
+    return np.mean(np.square(framed, dtype=np.float64), axis=1)
+
+
+def _loud_frames(energy: np.ndarray, top_db: float) -> tuple[int, int] | None:
+    """The first and the last frame within ``top_db`` of the loudest; None when no frame has
+    energy (nothing to trim against)."""
     peak = energy.max()
     if peak <= 0.0:
-        return y
-    loud = np.flatnonzero(10.0 * np.log10(np.maximum(energy, 1e-20) / peak) > -float(top_db))
-    start = loud[0] * hop
-    stop = min(y.size, loud[-1] * hop + frame)
-    return y[start:stop]
+        return None
+    loud = np.flatnonzero(_is_loud(energy, peak, top_db))
+    return int(loud[0]), int(loud[-1])
+
+
+def _is_loud(energy: np.ndarray, loudest: float, top_db: float) -> np.ndarray:
+    return 10.0 * np.log10(np.maximum(energy, 1e-20) / loudest) > -float(top_db)
 
 
 def normalize(y: np.ndarray, params: dict) -> np.ndarray:
@@ -120,15 +149,27 @@ def normalize(y: np.ndarray, params: dict) -> np.ndarray:
     peak = float(np.max(np.abs(y))) if y.size else 0.0
     if peak <= 0.0:
         return y
+    mean_square = float(np.mean(np.square(y, dtype=np.float64))) if mode == "loudness" else 0.0
+    return apply_gain(y, normalize_gain(peak, mean_square, params))
+
+
+def normalize_gain(peak: float, mean_square: float, params: dict) -> float:
+    """The factor :func:`normalize` multiplies a signal by, from its peak ``|x|`` and its mean
+    square (``mean_square`` is read in ``loudness`` mode only); 1.0 leaves it unchanged."""
+    mode = str(params["normalize"]).lower()
+    if mode == "none" or peak <= 0.0:
+        return 1.0
     if mode == "peak":
-        gain = float(params["peak_level"]) / peak
-    elif mode == "loudness":
-        rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
-        gain = 10.0 ** (float(params["loudness_lufs"]) / 20.0) / rms
-        gain = min(gain, 1.0 / peak)
-    else:
-        raise ValueError(f"audio.normalize: unknown mode '{mode}'; choose none, peak or loudness")
-    return (y * gain).astype(np.float32, copy=False)
+        return float(params["peak_level"]) / peak
+    if mode == "loudness":
+        gain = 10.0 ** (float(params["loudness_lufs"]) / 20.0) / math.sqrt(mean_square)
+        return min(gain, 1.0 / peak)
+    raise ValueError(f"audio.normalize: unknown mode '{mode}'; choose none, peak or loudness")
+
+
+def apply_gain(y: np.ndarray, gain: float) -> np.ndarray:
+    # A Python float keeps the product in float32 (NumPy 2 promotion), as every caller's was.
+    return (y * float(gain)).astype(np.float32, copy=False)
 
 
 def fixed_length_samples(params: dict) -> int:
@@ -165,3 +206,208 @@ def load_audio(source: AudioSource, params: dict) -> np.ndarray:
     if params["trim_silence"]:
         y = trim_silence(y, int(params["sample_rate"]), float(params["trim_top_db"]))
     return normalize(y, params)
+
+
+# ---- streamed front end: long files on disk, never held whole ------------------------------------
+# Source frames decoded per read (about 1.4 s at 48 kHz): small enough that a streamed
+# recording costs a few megabytes of buffers, large enough that per-call overhead is noise.
+STREAM_BLOCK_FRAMES = 1 << 16
+# libsndfile 1.2's MP3 reader loses samples between reads (runs of zeros after a block boundary,
+# other samples for every read size, seeking or not); one read of the whole file is sound.
+_WHOLE_READ_FORMATS = ("MP3",)
+
+
+def streamable_frames(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(frames, sample_rate)`` from the header of a file that can be read in blocks; None for
+    a header that cannot be read (:func:`load_audio` then says what is wrong with the file) and
+    for MP3, which is decoded in one read (see ``_WHOLE_READ_FORMATS``)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+        return None
+    if info.format in _WHOLE_READ_FORMATS:
+        return None
+    return int(info.frames), int(info.samplerate)
+
+
+def resampled_blocks(path: str | os.PathLike, sample_rate: int) -> Iterator[np.ndarray]:
+    """decode -> downmix -> resample of a file on disk, block by block.
+
+    The concatenated blocks equal what :func:`load_audio` has before trimming, bit for bit:
+    the downmix is per sample and soxr's stream gives the same samples as its one-shot call.
+    An MP3 is decoded in one read (``_WHOLE_READ_FORMATS``), so it is bit for bit too but not
+    bounded in memory. Raises :class:`AudioError` naming the file, as :func:`decode` does.
+    """
+    name = describe_source(path)
+    handle = _readable_path(path)
+    try:
+        sound = sf.SoundFile(handle)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"{name}: cannot decode audio ({exc})") from None
+    with sound:
+        if sound.samplerate == int(sample_rate):
+            step = _Passthrough()
+        else:
+            import soxr  # imported here, as in resample(), so decode-only users do not pay for it
+
+            step = soxr.ResampleStream(sound.samplerate, int(sample_rate), 1, dtype="float32")
+        frames = -1 if sound.format in _WHOLE_READ_FORMATS else STREAM_BLOCK_FRAMES
+        decoded = produced = 0
+        while True:
+            try:
+                samples = sound.read(frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+                raise AudioError(f"{name}: cannot decode audio ({exc})") from None
+            last = len(samples) == 0
+            y = to_mono(samples) if not last else np.empty(0, dtype=np.float32)
+            if not np.all(np.isfinite(y)):
+                raise AudioError(f"{name}: samples contain NaN or infinity")
+            decoded += y.size
+            if last and decoded == 0:
+                raise AudioError(f"{name}: no audio samples")
+            out = step.resample_chunk(np.ascontiguousarray(y), last=last)
+            produced += out.size
+            if out.size:
+                yield out
+            if last:
+                break
+    if produced == 0:
+        raise AudioError(f"{name}: no samples left after resampling")
+
+
+class _Passthrough:
+    """The resampler's interface when the file is already at the target rate."""
+
+    @staticmethod
+    def resample_chunk(y: np.ndarray, last: bool = False) -> np.ndarray:
+        return y
+
+
+@dataclass(frozen=True)
+class StreamExtent:
+    """Where :func:`load_audio`'s signal lies in a file's resampled samples (``start``, ``stop``:
+    the edge trim) and the ``gain`` its normalization multiplies them by."""
+
+    start: int
+    stop: int
+    gain: float
+
+    @property
+    def n_samples(self) -> int:
+        return self.stop - self.start
+
+    def front_end(self, samples: np.ndarray) -> np.ndarray:
+        """:func:`load_audio`'s signal at these resampled samples (taken from within the extent)."""
+        return samples if self.gain == 1.0 else apply_gain(samples, self.gain)
+
+
+class _Tally:
+    """Length, peak ``|x|`` and (when asked) sum of squares of the blocks passing through."""
+
+    def __init__(self, squares: bool):
+        self.squares = squares
+        self.n_samples, self.peak, self.sum_squares = 0, 0.0, 0.0
+
+    def count(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            self.n_samples += block.size
+            self.peak = max(self.peak, float(np.max(np.abs(block))))
+            if self.squares:
+                self.sum_squares += float(np.sum(np.square(block, dtype=np.float64)))
+            yield block
+
+
+def _envelope_frames(blocks: Iterable[np.ndarray], frame: int, hop: int) -> Iterator[np.ndarray]:
+    """:func:`trim_silence`'s frames of a signal arriving in blocks, a block's worth at a time
+    (``[k, frame]`` views, valid until the next is asked for); samples wait for their frame."""
+    carry = np.empty(0, dtype=np.float32)
+    for block in blocks:
+        pending = np.concatenate([carry, block])
+        if pending.size >= frame:
+            framed = _frames(pending, frame, hop)
+            yield framed
+            pending = pending[len(framed) * hop:]
+        carry = pending
+
+
+def _loud_span(frames: Iterable[np.ndarray], frame: int, hop: int, loudest: float, top_db: float,
+               squares: bool) -> tuple[int, int, float, float]:
+    """First and last loud frame, as :func:`_loud_frames` finds them once the loudest frame's
+    energy is known, with the peak ``|x|`` of the samples they span and (``squares``) their sum of
+    squares: the first hop of each frame up to the last, then all of the last frame."""
+    first = last = None
+    offset, peak, total, peak_so_far, total_so_far = 0, 0.0, 0.0, 0.0, 0.0
+    for framed in frames:
+        energy = _frame_energy(framed)
+        loud = np.flatnonzero(_is_loud(energy, loudest, top_db))
+        if first is None and loud.size == 0:
+            offset += len(framed)
+            continue
+        if first is None:
+            first = offset + int(loud[0])
+        since = first - offset if first >= offset else 0  # this block's frames from the first loud one on
+        peaks = np.max(np.abs(framed[since:]), axis=1)
+        hop_squares = np.sum(np.square(framed[since:, :hop], dtype=np.float64), axis=1) if squares else None
+        if loud.size:  # the span now reaches this block's last loud frame
+            end = int(loud[-1]) - since
+            last = offset + int(loud[-1])
+            peak = max(peak_so_far, float(peaks[:end + 1].max()))
+            if squares:
+                total = total_so_far + float(hop_squares[:end].sum()) + float(energy[since + end]) * frame
+        peak_so_far = max(peak_so_far, float(peaks.max()))
+        if squares:
+            total_so_far += float(hop_squares.sum())
+        offset += len(framed)
+    return first, last, peak, total
+
+
+def stream_extent(path: str | os.PathLike, params: dict) -> StreamExtent:
+    """Where :func:`load_audio`'s signal lies in a file's resampled samples and the gain it gets.
+
+    The edge trim and the normalization read the whole signal, so the file is streamed for
+    them: once for its length, peak and loudest envelope frame, and, when trimming, once more
+    for the loud frames' span (the threshold is relative to the loudest frame) and its peak.
+    Only running values are kept, so memory does not grow with the file.
+    """
+    rate = int(params["sample_rate"])
+    frame, hop = _envelope_sizes(rate)
+    squares = str(params["normalize"]).lower() == "loudness"
+    tally = _Tally(squares)
+    blocks = tally.count(resampled_blocks(path, rate))
+    loudest = 0.0
+    if params["trim_silence"]:
+        for framed in _envelope_frames(blocks, frame, hop):
+            loudest = max(loudest, float(_frame_energy(framed).max()))
+    else:
+        for _ in blocks:  # the tally is all that is wanted
+            pass
+    if loudest <= 0.0:  # not trimming, shorter than a frame or all silence: load_audio keeps it all
+        return StreamExtent(0, tally.n_samples, normalize_gain(tally.peak, tally.sum_squares / tally.n_samples,
+                                                               params))
+    frames = _envelope_frames(resampled_blocks(path, rate), frame, hop)
+    first, last, peak, sum_squares = _loud_span(frames, frame, hop, loudest, float(params["trim_top_db"]), squares)
+    start, stop = first * hop, min(tally.n_samples, last * hop + frame)
+    return StreamExtent(start, stop, normalize_gain(peak, sum_squares / (stop - start), params))
+
+
+def cut_ranges(blocks: Iterable[np.ndarray], ranges: Sequence[tuple[int, int]], name: str) -> Iterator[np.ndarray]:
+    """The samples of each ``(start, end)`` range of a signal that arrives in blocks.
+
+    Ranges must be sorted by start and end (overlapping windows are); only the samples from
+    the next range's start on are kept, so memory is one window plus a hop and a block.
+    """
+    buffer, buffer_start, index = np.empty(0, dtype=np.float32), 0, 0
+    for block in blocks:
+        if index == len(ranges):
+            return
+        buffer = np.concatenate([buffer, block])
+        while index < len(ranges) and ranges[index][1] <= buffer_start + buffer.size:
+            start, end = ranges[index]
+            yield buffer[start - buffer_start:end - buffer_start].copy()
+            index += 1
+        keep_from = ranges[index][0] if index < len(ranges) else buffer_start + buffer.size
+        drop = min(buffer.size, keep_from - buffer_start)
+        buffer, buffer_start = buffer[drop:], buffer_start + drop
+    if index < len(ranges):
+        raise AudioError(f"{name}: the audio ended at sample {buffer_start + buffer.size}, before its window "
+                         f"{ranges[index]} (did the file change while it was read?)")

@@ -32,7 +32,7 @@ from ser.audio import load_audio, normalize
 from ser.params import params_hash
 from ser.executor import Executor, make_executor
 from ser.features import store
-from ser.features.compute import build_feature_folder, clear_outputs, ok_clips, open_cache, resolve_path
+from ser.features.compute import build_feature_folder, ok_clips, open_cache, resolve_path, staged_folder
 from ser.features.extraction import extract
 
 INDEX_FILE = "index.parquet"
@@ -132,8 +132,6 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
     """
     root = Path(root)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out_dir, extra=(INDEX_FILE,))
     copies = int(augment_params["copies"])
     if copies < 0:
         raise ValueError(f"augment.copies must be >= 0, got {copies}")
@@ -157,20 +155,27 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
 
     cache, scratch = open_cache(feature_params, root, cache_dir)
     try:
-        summary = build_feature_folder([(row["utterance_id"], row["_key"]) for row in rows], make_job,
-                                       augment_and_extract, out_dir, audio_params, feature_params,
-                                       cache, executor, desc="augment" if progress else None, root=root)
+        # The index is written into the staged folder too: the folder appears with it or not at all.
+        with staged_folder(out_dir) as staging:
+            summary = build_feature_folder([(row["utterance_id"], row["_key"]) for row in rows], make_job,
+                                           augment_and_extract, staging, audio_params, feature_params,
+                                           cache, executor, desc="augment" if progress else None, root=root)
+            write_index(staging, rows)
     finally:
         cache.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    failed = set(store.load_failures(out_dir)["utterance_id"])
+    return {**summary, "copies": copies, "augment_hash": augment_hash}
+
+
+def write_index(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """``index.parquet`` of the copies that were computed (failed ones are in failures.parquet)."""
+    failed = set(store.load_failures(folder)["utterance_id"])
     index = pd.DataFrame([row for row in rows if row["utterance_id"] not in failed],
                          columns=[*INDEX_COLUMNS, "_key"]).drop(columns="_key")
     schema = pa.schema([(name, pa.int64() if name == "copy" else pa.string()) for name in INDEX_COLUMNS])
     pq.write_table(pa.Table.from_pandas(index.astype({"copy": "int64"}), schema=schema,
-                                        preserve_index=False), out_dir / INDEX_FILE)
-    return {**summary, "copies": copies, "augment_hash": augment_hash}
+                                        preserve_index=False), folder / INDEX_FILE)
 
 
 def load_index(folder: str | os.PathLike) -> pd.DataFrame:

@@ -1,11 +1,14 @@
 """The ``ser`` command: ``ser predict PATH...`` and ``ser serve``.
 
     ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv]
-    ser serve --port 8000 [--model URI|FOLDER]
+    ser serve --port 8000 [--model URI|FOLDER] [--workers N] [--max-queue N] [--timeout-s S]
+    ser promote VERSION
 
-``--model`` defaults to the latest version of the registered model (``mlflow.registered_model``
-in params.yaml) in the project's MLflow store (``MLFLOW_TRACKING_URI``, else
-``sqlite:///<repo root>/mlflow.db``); it also takes
+``--model`` defaults to the version of the registered model (``mlflow.registered_model`` in
+params.yaml) that the ``champion`` alias names in the project's MLflow store
+(``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``). ``dvc repro`` of the
+committed params moves the alias to the model it registers; experiments never do; ``ser
+promote VERSION`` moves it by hand. ``--model`` also takes
 any MLflow model URI, a local MLflow model folder, or a ModelBundle folder. A file that cannot
 be read gets one error line (exit status 1); the other files are still predicted.
 """
@@ -20,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 
 MODEL_HELP = ("MLflow model URI (models:/ser-emotion/3, runs:/<run id>/audio_model), MLflow model folder or "
-              "ModelBundle folder; default: latest registered ser-emotion in the project's MLflow store")
+              "ModelBundle folder; default: the @champion version of the registered model in the project's MLflow store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="for a model trained with train.speaker_norm: speaker (transductive): standardize "
                               "each folder's recordings together, one speaker per folder")
 
+    promote = commands.add_parser("promote", help="make a registered version the default model (@champion)")
+    promote.add_argument("version", help="the version of the registered model (mlflow.registered_model)")
+    promote.add_argument("--alias", default=None, help="another alias than champion")
+
     serve = commands.add_parser("serve", help="run the web page and JSON API")
     serve.add_argument("--model", default=None, help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-bytes", type=int, default=None, help="upload size limit (default: serve.max_bytes)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="predictor processes, one core each; 0 = every core (default: serve.workers)")
+    serve.add_argument("--max-queue", type=int, default=None,
+                       help="requests waiting or running at once; more get 503 (default: serve.max_queue)")
+    serve.add_argument("--timeout-s", type=float, default=None,
+                       help="seconds a request may wait and run (default: serve.timeout_s)")
     return parser
 
 
@@ -145,9 +158,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ser.serve.app import create_app
+    from ser.serve.server import run_server
+    from ser.serve.workers import WorkerError
 
     try:
         params = _project_params()
@@ -155,10 +167,42 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser serve: {exc}", file=sys.stderr)
         return 2
-    max_bytes = args.max_bytes if args.max_bytes is not None else int(params["serve"]["max_bytes"])
-    app = create_app(predictor, max_bytes=max_bytes, model_description=description)
-    print(f"ser serve: {description} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    flags = {"max_bytes": args.max_bytes, "workers": args.workers, "max_queue": args.max_queue,
+             "timeout_s": args.timeout_s}
+    settings = {**params["serve"], **{key: value for key, value in flags.items() if value is not None}}
+    model_info = None
+    if args.model is None or str(args.model).startswith("models:/"):
+        from ser import project, tracking
+
+        uri = args.model or f"models:/{params['mlflow']['registered_model']}@{tracking.CHAMPION}"
+        try:
+            model_info = tracking.model_version_info(project.tracking_uri(), uri)
+        except Exception as exc:  # the version is shown, not needed: serve without it
+            print(f"ser serve: no version details for {uri}: {exc}", file=sys.stderr)
+    try:
+        run_server(predictor, settings, host=args.host, port=args.port, model_description=description,
+                   model_info=model_info)
+    except (ValueError, WorkerError) as exc:
+        print(f"ser serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C is how a foreground server is stopped, not a crash
+        return 130
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from ser import project, tracking
+
+    try:
+        params = _project_params()
+        name, uri = params["mlflow"]["registered_model"], project.tracking_uri()
+        alias = args.alias or tracking.CHAMPION
+        tracking.promote(uri, name, args.version, alias)
+        info = tracking.model_version_info(uri, f"models:/{name}@{alias}")
+    except Exception as exc:  # mlflow raises its own types for a missing model or version
+        print(f"ser promote: {exc}", file=sys.stderr)
+        return 2
+    print(f"{name} version {info['version']} (run {info['run_id']}) is now @{alias}; metrics {info['metrics']}")
     return 0
 
 
@@ -169,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "predict":
         return run_predict(args)
+    if args.command == "promote":
+        return run_promote(args)
     return run_serve(args)
 
 

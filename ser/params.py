@@ -263,6 +263,11 @@ class PredictParams(Section):
 
 class ServeParams(Section):
     max_bytes: int
+    workers: int
+    max_queue: int
+    timeout_s: float
+    allow_path: bool
+    path_root: Optional[str]
 
 
 class Params(Section):

@@ -8,10 +8,17 @@ the shared front end (:func:`ser.audio.load_audio`) and scores it with the train
 Long recordings are cut into windows of ``window_s`` seconds about ``hop_s`` apart; each window
 gets a prediction and the recording's answer is the mean of the window probabilities. A clip no
 longer than about one window is scored whole, exactly as training clips were.
+
+A file on disk longer than one window is streamed, never held whole: one pass over its blocks
+finds what needs the whole signal (the edge trim, so the windows fall where the whole-file path
+puts them, and the whole-signal normalization gain), a second cuts the windows from an overlap
+buffer and scores them ``WINDOW_BATCH`` at a time, each processed as the whole-file path does.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +30,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ser.audio import AudioError, AudioSource, describe_source, load_audio, normalize
+from ser.audio import (AudioError, AudioSource, cut_ranges, describe_source, load_audio, normalize,
+                       resampled_blocks, stream_extent, streamable_frames)
 
 # Windows scored per model call: bounds memory for a long recording, keeps calls efficient.
 WINDOW_BATCH = 32
@@ -108,14 +116,27 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     return [int(round(s)) for s in np.linspace(0, n_samples - window, count)]
 
 
-def split_windows(y: np.ndarray, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
-    """``(start, end)`` sample ranges of the windows of ``y``; a single window is all of ``y``."""
+def window_ranges(n_samples: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges of the windows of a signal of ``n_samples``; a single
+    window is all of it."""
     window = max(1, int(round(window_s * sample_rate)))
     hop = max(1, int(round(hop_s * sample_rate)))
-    starts = window_starts(len(y), window, hop)
+    starts = window_starts(n_samples, window, hop)
     if len(starts) == 1:
-        return [(0, len(y))]
+        return [(0, n_samples)]
     return [(start, start + window) for start in starts]
+
+
+def split_windows(y: np.ndarray, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges of the windows of ``y``; a single window is all of ``y``."""
+    return window_ranges(len(y), sample_rate, window_s, hop_s)
+
+
+def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), pulled lazily."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -156,14 +177,58 @@ class Predictor:
         """The front-end signal the model sees (raises :class:`AudioError`)."""
         return load_audio(source, self.bundle.audio)
 
-    def probabilities_of_windows(self, signals: Sequence[np.ndarray], progress: str | None = None) -> np.ndarray:
-        batches = range(0, len(signals), WINDOW_BATCH)
-        show = progress is not None and len(signals) >= PROGRESS_MIN_WINDOWS
+    def probabilities_of_windows(self, signals: Iterable[np.ndarray], progress: str | None = None,
+                                 count: int | None = None) -> np.ndarray:
+        """One row per window, ``WINDOW_BATCH`` windows per model call. ``signals`` may be a
+        generator (a streamed recording, windows cut as they are scored); ``count`` is then its length."""
+        if count is None:
+            signals = list(signals)
+            count = len(signals)
+        show = progress is not None and count >= PROGRESS_MIN_WINDOWS
         rows = [
-            self.bundle.predict_proba_signals(signals[i:i + WINDOW_BATCH])
-            for i in tqdm(batches, desc=progress, unit="batch", disable=not show)
+            self.bundle.predict_proba_signals(batch)
+            for batch in tqdm(batches(signals, WINDOW_BATCH), total=math.ceil(count / WINDOW_BATCH),
+                              desc=progress, unit="batch", disable=not show)
         ]
         return np.concatenate(rows, axis=0).astype(np.float64)
+
+    def streams(self, source: AudioSource) -> bool:
+        """Whether ``source`` is scored streamed: a file on disk longer than one window.
+
+        Bytes stay whole: they are in memory already and bounded (``serve.max_bytes``). A clip
+        of one window is read whole too, so it is scored bit for bit as before; so is an MP3,
+        which libsndfile cannot read in blocks faithfully, and a file whose header cannot be
+        read, for :func:`load_audio` to say what is wrong.
+        """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return False
+        header = streamable_frames(source)
+        if header is None or header[0] <= 0:
+            return False
+        frames, rate = header
+        longest = math.ceil(frames * self.sample_rate / rate)  # before trimming, which only shortens
+        return len(window_ranges(longest, self.sample_rate, self.window_s, self.hop_s)) > 1
+
+    def _streamed_windows(self, path: AudioSource) -> tuple[int, list[tuple[int, int]], Iterator[np.ndarray]]:
+        # Pass 1: where load_audio's signal lies (the trim) and its gain; the windows need its length.
+        extent = stream_extent(path, self.bundle.audio)
+        ranges = window_ranges(extent.n_samples, self.sample_rate, self.window_s, self.hop_s)
+        in_file = [(extent.start + start, extent.start + end) for start, end in ranges]
+        # Pass 2: the same samples load_audio would hold at those windows, cut as they stream by.
+        cut = cut_ranges(resampled_blocks(path, self.sample_rate), in_file, describe_source(path))
+        signals = (extent.front_end(signal) for signal in cut)
+        if len(ranges) > 1:  # as _windows does: each window normalized like a training clip
+            signals = (normalize(signal, self.bundle.audio) for signal in signals)
+        return extent.n_samples, ranges, signals
+
+    def window_signals(self, source: AudioSource) -> tuple[int, list[tuple[int, int]], Iterable[np.ndarray]]:
+        """``(n_samples, window ranges, window signals)`` of the front-end signal; the signals
+        are produced lazily when the file is streamed."""
+        if self.streams(source):
+            return self._streamed_windows(source)
+        y = self.load(source)
+        ranges, signals = self._windows(y)
+        return len(y), ranges, signals
 
     def _windows(self, y: np.ndarray) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
         ranges = split_windows(y, self.sample_rate, self.window_s, self.hop_s)
@@ -173,7 +238,7 @@ class Predictor:
             signals = [normalize(signal, self.bundle.audio) for signal in signals]
         return ranges, signals
 
-    def _prediction(self, name: str, y: np.ndarray, ranges: list[tuple[int, int]],
+    def _prediction(self, name: str, n_samples: int, ranges: list[tuple[int, int]],
                     window_probabilities: np.ndarray) -> Prediction:
         aggregate = window_probabilities.mean(axis=0)
         aggregate = aggregate / aggregate.sum()
@@ -192,7 +257,7 @@ class Predictor:
             label=classes[int(np.argmax(aggregate))],
             probabilities={c: float(v) for c, v in zip(classes, aggregate)},
             windows=windows,
-            duration_s=round(len(y) / self.sample_rate, 4),
+            duration_s=round(n_samples / self.sample_rate, 4),
         )
 
     def _check_no_speaker_norm(self) -> None:
@@ -206,7 +271,8 @@ class Predictor:
         """Predict a front-end-processed signal: one prediction per window plus the mean."""
         self._check_no_speaker_norm()
         ranges, signals = self._windows(y)
-        return self._prediction(name, y, ranges, self.probabilities_of_windows(signals, progress=f"windows of {name}"))
+        return self._prediction(name, len(y), ranges,
+                                self.probabilities_of_windows(signals, progress=f"windows of {name}"))
 
     def predict_group(self, sources: Sequence[str | os.PathLike]) -> list[Prediction]:
         """Predict recordings of ONE speaker together, standardizing the model inputs with the
@@ -218,9 +284,10 @@ class Predictor:
         for source in sources:
             name = str(source)
             try:
-                y = self.load(source)
-                ranges, signals = self._windows(y)
-                loaded.append((name, y, ranges, self.bundle.inputs_from_signals(signals)))
+                n_samples, ranges, signals = self.window_signals(source)
+                inputs = np.concatenate([self.bundle.inputs_from_signals(batch)
+                                         for batch in batches(signals, WINDOW_BATCH)])
+                loaded.append((name, n_samples, ranges, inputs))
             except Exception as exc:  # one bad file must not stop the others
                 failed[name] = failure_message(exc, name)
         results: dict[str, Prediction] = {n: Prediction(source=n, error=e) for n, e in failed.items()}
@@ -233,15 +300,22 @@ class Predictor:
             rows = standardize_groups(rows, ["group"] * len(rows))
             probabilities = self.bundle.predict_proba(rows).astype(np.float64)
             offset = 0
-            for name, y, ranges, inputs in loaded:
-                results[name] = self._prediction(name, y, ranges, probabilities[offset:offset + len(inputs)])
+            for name, n_samples, ranges, inputs in loaded:
+                results[name] = self._prediction(name, n_samples, ranges, probabilities[offset:offset + len(inputs)])
                 offset += len(inputs)
         return [results[str(source)] for source in sources]
 
     def predict_source(self, source: AudioSource, name: str | None = None) -> Prediction:
-        """Predict a path or encoded bytes; raises :class:`AudioError` for unusable audio."""
+        """Predict a path or encoded bytes; raises :class:`AudioError` for unusable audio.
+
+        A long file on disk is streamed (see :meth:`streams`): memory stays flat in its length."""
         name = name or describe_source(source)
-        return self.predict_signal(self.load(source), name=name)
+        if not self.streams(source):
+            return self.predict_signal(self.load(source), name=name)
+        self._check_no_speaker_norm()
+        n_samples, ranges, signals = self._streamed_windows(source)
+        probabilities = self.probabilities_of_windows(signals, progress=f"windows of {name}", count=len(ranges))
+        return self._prediction(name, n_samples, ranges, probabilities)
 
     def predict_paths(self, paths: Iterable[str | os.PathLike], progress: bool = True,
                       normalize_by: str | None = None) -> list[Prediction]:

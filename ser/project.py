@@ -9,13 +9,18 @@ arguments, so it works the same inside DVC, in a notebook or in a served model.
   store), else the nearest folder holding ``params.yaml``.
 - ``tracking_uri()``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``.
 - ``experiment_tags()`` / ``run_name()``: what ``dvc exp run`` says about the experiment.
+- ``builds_champion()``: whether this run is the pipeline of main (``dvc repro`` of the
+  committed params, not an experiment), the only run allowed to move the ``champion`` alias.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ser import params as schema
 
@@ -56,3 +61,18 @@ def experiment_tags() -> dict[str, str]:
 
 def run_name(model_type: str) -> str:
     return f"{model_type}-{os.environ.get('DVC_EXP_NAME', 'run')}"
+
+
+def builds_champion(path: str | os.PathLike | None = None) -> bool:
+    """True for a plain ``dvc repro`` (no ``dvc exp``) whose params file equals the committed one."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return False
+    file = params_path(path).resolve()
+    try:
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=file.parent, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        committed = subprocess.run(["git", "show", f"HEAD:{file.relative_to(Path(root).resolve()).as_posix()}"],
+                                   cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+    return yaml.safe_load(committed) == schema.read_yaml(file)

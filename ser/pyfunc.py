@@ -2,17 +2,22 @@
 
 ``AudioEmotionModel`` wraps a :class:`~ser.models.bundle.ModelBundle` (an artifact of the
 MLflow model) in a :class:`~ser.predict.Predictor`. Its input is a DataFrame with a column
-``audio`` (encoded WAV/FLAC/... bytes; base64 strings in JSON payloads) or a column ``path``;
+``audio`` (encoded WAV/FLAC/... bytes; base64 strings in JSON payloads) or, when the model was
+logged with ``serve.allow_path: true``, a column ``path`` naming a file under ``serve.path_root``
+on the server (off by default: a served model must not read whatever file a client names);
 its output has one row per input: ``label``, ``p_<class>`` per class, ``duration_s`` and
 ``n_windows``. With the param ``windows=true`` it returns every window's prediction too (see
 :meth:`AudioEmotionModel.predict`).
 
-Bad input (over ``serve.max_bytes``, bytes that are not audio, empty audio) raises an
+Bad input (over ``serve.max_bytes``, bytes that are not audio, empty audio, a ``path`` when
+paths are off or outside the root) raises an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve`` answers with
 HTTP 400 and the message, and keeps serving.
 
 ``ser`` itself travels inside the model (``code_paths``), so ``mlflow models serve -m
-models:/ser-emotion/latest --env-manager local`` works from any folder.
+models:/ser-emotion/latest --env-manager local`` works from any folder. Each of its ``--workers``
+processes loads its own copy and predicts one clip at a time, so ``--workers`` = cores (with
+``OMP_NUM_THREADS=1``) uses every core.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ser.audio import AudioError
 from ser.predict import Prediction, Predictor, audio_error_message, load_bundle_predictor
+from ser.tracking import CHAMPION
 
 BUNDLE_ARTIFACT = "bundle"
 AGGREGATE_WINDOW = -1  # the ``window`` value of a recording's aggregate row in windows=true output
@@ -61,10 +67,15 @@ warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.
 class AudioEmotionModel(mlflow.pyfunc.PythonModel):
     """Audio in, emotion label and class probabilities out (see the module docstring)."""
 
-    def __init__(self, window_s: float, hop_s: float, max_bytes: int):
+    def __init__(self, window_s: float, hop_s: float, max_bytes: int, allow_path: bool, path_root: str | None):
+        if allow_path and not path_root:
+            raise ValueError("serve.allow_path: true needs serve.path_root, the folder served paths are "
+                             "confined to")
         self.window_s = float(window_s)
         self.hop_s = float(hop_s)
         self.max_bytes = int(max_bytes)
+        self.allow_path = bool(allow_path)
+        self.path_root = str(path_root) if path_root else None
         self.predictor: Predictor | None = None
 
     def load_context(self, context) -> None:
@@ -72,12 +83,21 @@ class AudioEmotionModel(mlflow.pyfunc.PythonModel):
                                                    window_s=self.window_s, hop_s=self.hop_s)
         # The scoring server runs requests in threads; feature extractors are not all re-entrant.
         self._lock = threading.Lock()
+        # Resolved here, on the serving machine: a relative root means the server's working folder.
+        self._root = Path(self.path_root).expanduser().resolve() if self.allow_path else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_lock", None)
+        state.pop("_root", None)
         state["predictor"] = None  # the bundle is an artifact, never pickled into the model
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Models logged before serve.allow_path existed read any path; they now read none.
+        state.setdefault("allow_path", False)
+        state.setdefault("path_root", None)
+        self.__dict__.update(state)
 
     @property
     def classes(self) -> list[str]:
@@ -114,9 +134,25 @@ class AudioEmotionModel(mlflow.pyfunc.PythonModel):
         if isinstance(path, str) and path:
             # No size limit here: serve.max_bytes bounds what a client sends, and a path sends
             # nothing (a 10-minute recording on disk is fine).
-            return path, path
-        raise invalid_input(f"row {row}: give the clip in column 'audio' (encoded bytes, base64 in JSON) "
-                            "or column 'path'")
+            return str(self._confined(path, row)), path
+        raise invalid_input(f"row {row}: give the clip in column 'audio' (encoded bytes, base64 in JSON)"
+                            + (" or column 'path'" if self.allow_path else ""))
+
+    def _confined(self, path: str, row: int) -> Path:
+        """``path`` resolved (symlinks and ``..`` followed), if it is a file under the root."""
+        if not self.allow_path:
+            raise invalid_input(f"row {row}: column 'path' is off for this model (it was logged with "
+                                "serve.allow_path: false); send the clip's bytes in column 'audio'")
+        root = self._root
+        # A relative path is taken under the root, so clients need not know where it lives.
+        resolved = (root / path).resolve()
+        if not resolved.is_relative_to(root):  # where it leads is not said: that would map the disk
+            raise invalid_input(f"row {row}: path '{path}' is outside serve.path_root {root} (after "
+                                "following '..' and symlinks); only files under it can be read")
+        if not resolved.is_file():
+            raise invalid_input(f"row {row}: path '{path}' is not a file under serve.path_root {root}")
+        # Open the resolved path, not the one sent, so the file read is the file checked.
+        return resolved
 
     @staticmethod
     def _records(model_input: Any) -> list[dict[str, Any]]:
@@ -218,7 +254,8 @@ def _model_arguments(bundle_dir: str | os.PathLike, predict_params: dict[str, An
     bundle_dir = Path(bundle_dir)
     bundle = ModelBundle.load(bundle_dir)  # fail here, not at serving time, on a broken bundle
     python_model = AudioEmotionModel(window_s=predict_params["window_s"], hop_s=predict_params["hop_s"],
-                                     max_bytes=serve_params["max_bytes"])
+                                     max_bytes=serve_params["max_bytes"], allow_path=serve_params["allow_path"],
+                                     path_root=serve_params["path_root"])
     return {
         "python_model": python_model,
         "artifacts": {BUNDLE_ARTIFACT: str(bundle_dir)},
@@ -233,8 +270,8 @@ def log_model(bundle_dir: str | os.PathLike, predict_params: dict[str, Any], ser
               registered_model_name: str | None = None, name: str = "model", **kwargs: Any):
     """Log a ModelBundle folder as the audio-in pyfunc model (to the active run, if any).
 
-    ``predict_params``/``serve_params`` are the ``predict:``/``serve:`` sections (windowing and
-    payload limit of the served model). Extra keyword arguments go to
+    ``predict_params``/``serve_params`` are the ``predict:``/``serve:`` sections (windowing,
+    payload limit and whether/where the ``path`` column may read files). Extra keyword arguments go to
     :func:`mlflow.pyfunc.log_model`. Returns its ``ModelInfo``.
     """
     arguments = _model_arguments(bundle_dir, predict_params, serve_params)
@@ -255,7 +292,8 @@ def load_predictor(model: str | os.PathLike | None, *, tracking_uri: str, regist
 
     ``model`` is a local ModelBundle folder (windowed by ``predict_params``), a local MLflow
     model folder, or an MLflow model URI resolved against ``tracking_uri``; ``None`` means the
-    latest version of ``registered_model`` there.
+    version of ``registered_model`` that the ``champion`` alias names there (set by ``dvc repro``
+    of the committed params or by ``ser promote``; experiments never move it).
     """
     if model is not None and Path(model).is_dir():
         folder = Path(model)
@@ -264,14 +302,16 @@ def load_predictor(model: str | os.PathLike | None, *, tracking_uri: str, regist
         if (folder / "MLmodel").is_file():
             return _unwrap(mlflow.pyfunc.load_model(str(folder))), f"MLflow model {folder}"
         raise ValueError(f"{folder}: neither an MLflow model folder (no MLmodel) nor a model bundle (no bundle.json)")
-    uri = str(model) if model is not None else f"models:/{registered_model}/latest"
+    uri = str(model) if model is not None else f"models:/{registered_model}@{CHAMPION}"
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # models:/ and runs:/ URIs resolve against the project's store
     try:
         loaded = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise ValueError(f"cannot load model '{uri}' from {tracking_uri}: {exc.message}. "
-                         "Train one first (dvc repro) or pass --model") from None
+        hint = (f"`dvc repro` on the committed params registers and promotes one to @{CHAMPION}, "
+                f"`ser promote VERSION` promotes an existing version" if model is None else "check the URI")
+        raise ValueError(f"cannot load model '{uri}' from {tracking_uri}: {exc.message}. {hint}, "
+                         "or pass --model") from None
     finally:
         mlflow.set_tracking_uri(previous)
     return _unwrap(loaded), f"MLflow model {uri}"

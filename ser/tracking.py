@@ -122,10 +122,12 @@ def loggable_params(params: dict[str, Any]) -> dict[str, str]:
     return {key: str(value)[:6000] for key, value in flatten(params).items()}
 
 
-def write_run_file(folder: str | os.PathLike, run_id: str, experiment_id: str, experiment: str, uri: str) -> Path:
+def write_run_file(folder: str | os.PathLike, run_id: str, experiment_id: str, experiment: str, uri: str,
+                   registered_model: str | None = None, version: str | None = None) -> Path:
     path = Path(folder) / RUN_FILE
     path.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "experiment": experiment,
-                                "tracking_uri": uri}, indent=2), encoding="utf-8")
+                                "tracking_uri": uri, "registered_model": registered_model,
+                                "model_version": version}, indent=2), encoding="utf-8")
     return path
 
 
@@ -223,9 +225,10 @@ class TrainingRun:
         mlflow.log_metrics({"cv_seconds": info["cv_seconds"]})
         mlflow.log_dict(info, "train_info.json")
         log_flavor(bundle, input_example)
-        pyfunc.log_model(out / "model", self.settings.predict_params, self.settings.serve_params,
-                         registered_model_name=self.settings.registered_model, name="audio_model")
-        write_run_file(out, self.run_id, self.experiment_id, self.settings.experiment, self.settings.uri)
+        logged = pyfunc.log_model(out / "model", self.settings.predict_params, self.settings.serve_params,
+                                  registered_model_name=self.settings.registered_model, name="audio_model")
+        write_run_file(out, self.run_id, self.experiment_id, self.settings.experiment, self.settings.uri,
+                       self.settings.registered_model, str(logged.registered_model_version))
         return self.run_id
 
 
@@ -281,3 +284,43 @@ def log_evaluation(train_dir: str | os.PathLike, summary: dict[str, Any], plots_
         mlflow.log_artifacts(str(plots_dir), "plots")
         if params_file is not None and Path(params_file).is_file():
             mlflow.log_artifact(str(params_file))
+
+
+# ---- which registered version predict and serve use by default --------------------------------
+CHAMPION = "champion"
+# The evaluate metrics shown beside a model version (page, /health, `ser promote`).
+SHOWN_METRICS = ("uar", "accuracy", "macro_f1", "ravdess_uar", "tess_uar", "savee_uar")
+
+
+def promote(uri: str, registered_model: str, version: str, alias: str = CHAMPION) -> None:
+    """Point ``alias`` at ``version``: what ``models:/<name>@<alias>`` (the default of ``ser
+    predict`` and ``ser serve``) loads from now on."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.get_model_version(registered_model, str(version))  # a clear error for a version that does not exist
+    retry(lambda: client.set_registered_model_alias(registered_model, alias, str(version)))
+
+
+def model_version_info(uri: str, model_uri: str) -> dict[str, Any] | None:
+    """Version, run, alias and evaluate metrics of a ``models:/name/<version>`` or
+    ``models:/name@alias`` URI; None for anything else (a folder, a runs:/ URI)."""
+    from mlflow import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        return None
+    name, _, ref = model_uri[len("models:/"):].partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+    else:
+        alias = None
+    client = MlflowClient(tracking_uri=uri)
+    if alias is not None:
+        version = client.get_model_version_by_alias(name, alias)
+    elif ref.isdigit():
+        version = client.get_model_version(name, ref)
+    else:
+        return None
+    metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    return {"uri": model_uri, "name": name, "version": str(version.version), "run_id": version.run_id,
+            "aliases": list(version.aliases), "metrics": {k: metrics[k] for k in SHOWN_METRICS if k in metrics}}

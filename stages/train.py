@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ser import project
-from ser.tracking import RunSettings
+from ser.tracking import CHAMPION, RunSettings, promote, read_run_file
 from ser.train import load_training_inputs, train
 
 SECTIONS = ("audio", "features", "split", "train", "model")
@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
     metadata = pd.read_parquet(args.metadata)
     result = train(metadata, inputs, augmented, params, args.out, tracking=tracking)
+    run = read_run_file(args.out)
+    if project.builds_champion(args.params):
+        promote(tracking.uri, run["registered_model"], run["model_version"])
+        print(f"{run['registered_model']} version {run['model_version']} is now @{CHAMPION} "
+              "(the default of ser predict / ser serve)")
+    else:
+        print(f"{run['registered_model']} version {run['model_version']} registered; @{CHAMPION} not moved "
+              "(an experiment or uncommitted params; `ser promote` moves it)")
     means = {k: round(sum(f[k] for f in result.fold_scores) / len(result.fold_scores), 4)
              for k in ("uar", "accuracy", "macro_f1")}
     print(f"{model['type']} ({feature_input}): fold means {means}; MLflow run {result.run_id}")

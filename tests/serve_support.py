@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import requests
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,3 +102,43 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "2", **extra})
     return env
+
+
+@contextmanager
+def ser_serve(*args: str, log_path: Path, env: dict[str, str] | None = None,
+              timeout_s: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``ser serve ARGS`` on a free loopback port for the ``with`` block: yields its base URL and
+    process, and stops it and its workers when the block ends, failed or not."""
+    from ser.serve.local import ServerError, free_port, stop_process_group, wait_until_answering
+
+    port = free_port()
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([PYTHON, "-m", "ser", "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=REPO, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            try:
+                wait_until_answering(f"{base}/health", server, timeout_s)
+            except ServerError as exc:
+                raise AssertionError(f"{exc}; its log:\n{log_path.read_text()[-3000:]}") from None
+            yield base, server
+        finally:
+            stop_process_group(server)
+
+
+def wait_for_health(base: str, condition: Callable[[dict], bool], timeout_s: float = 60.0) -> dict:
+    """Poll ``/health`` until ``condition(report)`` holds; returns that report."""
+    deadline = time.monotonic() + timeout_s
+    report: dict = {}
+    while time.monotonic() < deadline:
+        report = requests.get(f"{base}/health", timeout=10).json()
+        if condition(report):
+            return report
+        time.sleep(0.05)
+    raise AssertionError(f"/health never met the condition in {timeout_s} s; last: {report}")
+
+
+def post_clip(base: str, name: str, data: bytes, timeout_s: float = 120.0, **params: str) -> requests.Response:
+    return requests.post(f"{base}/api/predict", files={"file": (name, data, "application/octet-stream")},
+                         params={"visuals": "false", **params}, timeout=timeout_s)

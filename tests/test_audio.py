@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser.audio import (AudioError, decode, fix_length, load_audio, normalize, resample, to_mono,
-                       trim_silence)
+import ser.audio as audio_module
+from ser.audio import (AudioError, cut_ranges, decode, fix_length, load_audio, normalize, resample,
+                       resampled_blocks, stream_extent, to_mono, trim_silence)
 
 AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "none",
          "peak_level": 0.95, "loudness_lufs": -23.0, "max_seconds": 3.0}
@@ -200,3 +201,138 @@ def test_odd_real_clips_come_out_mono_16k(relative):
     assert out.ndim == 1 and out.dtype == np.float32
     assert 0.5 < out.size / 16000 <= samples.shape[0] / rate + 1e-3
     assert np.max(np.abs(out)) == pytest.approx(0.95, rel=1e-4)
+
+
+# ---- the streamed front end: long files read in blocks, the same signal as load_audio -------------
+MODES = [(mode, trim) for mode in ("peak", "loudness", "none") for trim in (True, False)]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Odd, small decode blocks: envelope frames, windows and resampler chunks straddle block edges."""
+    monkeypatch.setattr(audio_module, "STREAM_BLOCK_FRAMES", 4099)
+
+
+def streamed(path: Path, rate: int = 16000) -> np.ndarray:
+    return np.concatenate(list(resampled_blocks(path, rate)))
+
+
+def assert_stream_reproduces_load_audio(path: Path, mode: str, trim: bool, **overrides) -> None:
+    """The streamed pass finds load_audio's trim and gain: the same samples, bit for bit.
+
+    In ``loudness`` mode the mean square is summed in another order (per frame and block), but the
+    gain is rounded to float32 before it multiplies, so the samples still agree exactly."""
+    params = {**AUDIO, "normalize": mode, "trim_silence": trim, **overrides}
+    extent = stream_extent(path, params)
+    whole = streamed(path)
+    expected = load_audio(path, params)
+    assert extent.n_samples == expected.size
+    np.testing.assert_array_equal(extent.front_end(whole[extent.start:extent.stop]), expected)
+
+
+def speech_with_silent_edges(rate: int, seconds: float = 20.0) -> np.ndarray:
+    """Real speech (RAVDESS actor 11, clips back to back) at ``rate`` between 1 s and 0.3 s of silence."""
+    pieces, total = [], 0
+    for path in sorted((mirror_root() / "ravdess" / "Actor_11").glob("*.flac")):
+        samples, source_rate = decode(path)
+        pieces.append(resample(to_mono(samples), source_rate, rate))
+        total += pieces[-1].size
+        if total >= seconds * rate:
+            break
+    return np.concatenate([np.zeros(rate, np.float32), *pieces, np.zeros(int(0.3 * rate), np.float32)])
+
+
+STREAMED_FILES = [("speech48k.flac", 48000, 1, "PCM_16"), ("stereo44k.wav", 44100, 2, "FLOAT"),
+                  ("speech16k.wav", 16000, 1, "PCM_16")]
+
+
+@pytest.mark.mirror
+@pytest.mark.parametrize("name,rate,channels,subtype", STREAMED_FILES, ids=[f[0] for f in STREAMED_FILES])
+def test_a_streamed_file_gives_load_audios_samples_trim_and_gain(tmp_path, small_blocks, name, rate, channels,
+                                                                  subtype):
+    y = speech_with_silent_edges(rate)
+    path = tmp_path / name
+    sf.write(path, np.stack([y, 0.5 * np.roll(y, 11)], axis=1) if channels == 2 else y, rate, subtype=subtype)
+
+    samples, source_rate = decode(path)
+    np.testing.assert_array_equal(streamed(path), resample(to_mono(samples), source_rate, 16000))
+    for mode, trim in MODES:
+        assert_stream_reproduces_load_audio(path, mode, trim)
+
+
+# (signal at 48 kHz, audio params that differ from AUDIO)
+EDGE_CASES = {
+    "tone_with_silent_edges": (np.concatenate([np.zeros(24000), tone(48000, 2.0, amplitude=0.2), np.zeros(9000)]),
+                               {}),
+    "digital_silence": (np.zeros(48000 * 3), {}),
+    "silence_then_one_sample": (np.concatenate([np.zeros(48000 * 3), [0.0, 0.3]]), {}),  # past the last full frame
+    "shorter_than_a_frame": (tone(48000, 0.01), {}),
+    # A 0.5 ms click louder than the tone yet trimmed off (at 6 dB): the gain must come from the peak
+    # of the samples kept, not of the whole file.
+    "a_click_in_the_trimmed_edge": (np.concatenate([np.full(24, 0.15), np.zeros(4800),
+                                                    tone(48000, 1.0, amplitude=0.1)]), {"trim_top_db": 6}),
+    "a_click_in_the_trimmed_tail": (np.concatenate([tone(48000, 1.0, amplitude=0.1), np.zeros(2400),
+                                                    np.full(24, 0.15), np.zeros(4800)]), {"trim_top_db": 6}),
+}
+
+
+@pytest.mark.parametrize("block_frames", [4099, audio_module.STREAM_BLOCK_FRAMES])
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+@pytest.mark.parametrize("mode,trim", MODES)
+def test_streamed_trim_and_gain_on_edge_cases(tmp_path, monkeypatch, case, mode, trim, block_frames):
+    monkeypatch.setattr(audio_module, "STREAM_BLOCK_FRAMES", block_frames)
+    signal, overrides = EDGE_CASES[case]
+    path = tmp_path / f"{case}.wav"
+    sf.write(path, signal.astype(np.float32), 48000, subtype="FLOAT")
+    assert_stream_reproduces_load_audio(path, mode, trim, **overrides)
+
+
+def test_an_mp3_is_read_in_one_go_because_block_reads_lose_samples(tmp_path, small_blocks):
+    rate = 44100
+    t = np.arange(12 * rate) / rate
+    y = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.5 * np.sin(2 * np.pi * 0.3 * t)))).astype(np.float32)
+    path = tmp_path / "talk.mp3"
+    sf.write(path, np.stack([y, 0.5 * y], axis=1), rate, format="MP3", subtype="MPEG_LAYER_III")
+    with sf.SoundFile(path) as sound:  # libsndfile 1.2 itself: block reads come back with gaps
+        blockwise = np.concatenate([block for block in sound.blocks(4099, dtype="float32", always_2d=True)])
+    whole, _ = sf.read(path, dtype="float32", always_2d=True)
+    if np.array_equal(blockwise, whole):
+        pytest.skip("this libsndfile reads MP3 in blocks faithfully; _WHOLE_READ_FORMATS can go")
+
+    assert audio_module.streamable_frames(path) is None  # ser predict decodes it whole
+    np.testing.assert_array_equal(streamed(path), load_audio(path, AUDIO))
+
+
+def test_cut_ranges_gives_every_range_whatever_the_block_sizes():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal(50_003).astype(np.float32)
+    edges = np.cumsum(rng.integers(1, 3000, size=200))
+    blocks = np.split(y, edges[edges < y.size])
+    ranges = [(start, start + 3000) for start in range(0, y.size - 3000, 1499)] + [(47_000, 50_003)]
+
+    pieces = list(cut_ranges(iter(blocks), ranges, "x.wav"))
+
+    assert len(pieces) == len(ranges)
+    for (start, end), piece in zip(ranges, pieces):
+        np.testing.assert_array_equal(piece, y[start:end])
+    with pytest.raises(AudioError, match=r"x\.wav: the audio ended at sample 50003"):
+        list(cut_ranges(iter(blocks), [(0, 10), (49_000, 50_004)], "x.wav"))
+
+
+@pytest.mark.parametrize("content,problem", [
+    (None, "no such file"),
+    (b"", "empty file"),
+    (b"RIFF....WAVEfmt this is not audio at all" * 10, "cannot decode"),
+    ("nan", "NaN or infinity"),
+])
+def test_a_bad_file_streamed_is_the_same_audio_error_as_loaded(tmp_path, content, problem):
+    path = tmp_path / "broken.wav"
+    if content == "nan":
+        sf.write(path, np.array([0.1, np.nan, 0.2] * 1000, dtype=np.float32), 16000, subtype="FLOAT")
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AudioError, match=problem) as loaded:
+        load_audio(path, AUDIO)
+    with pytest.raises(AudioError, match=problem) as streamed_error:
+        stream_extent(path, AUDIO)
+    assert str(streamed_error.value) == str(loaded.value) and str(path) in str(streamed_error.value)

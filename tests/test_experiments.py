@@ -61,7 +61,18 @@ def test_dvc_exp_run_records_metrics_and_mlflow_run(tmp_path):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "scratch"], root, env)
 
+    # The pipeline of main (dvc repro of the committed params) names the default model ...
+    run(["dvc", "repro"], root, env)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("ser-emotion-exp-test", "champion")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "pipeline outputs"], root, env)
+
     run(["dvc", "exp", "run", "-n", "tiny-mlp", "-S", "model.type=mlp"], root, env)
+    # ... and an experiment registers a version without moving it.
+    versions = client.search_model_versions("name = 'ser-emotion-exp-test'")
+    assert len(versions) == 2
+    assert client.get_model_version_by_alias("ser-emotion-exp-test", "champion").version == champion.version
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
@@ -72,7 +83,6 @@ def test_dvc_exp_run_records_metrics_and_mlflow_run(tmp_path):
     assert 0.0 <= metrics["uar"] <= 1.0 and metrics["protocol"] == "speaker_kfold"
     assert data["params"]["params.yaml"]["data"]["model"]["type"] == "mlp"
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ser-exp-test")
     parents = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'tiny-mlp'")
     parents = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]

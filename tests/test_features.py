@@ -363,3 +363,4 @@ def test_real_clips_including_the_odd_ones_go_through_the_stage(tmp_path):
     assert summary["failed"] == 0 and summary["clips"] == len(relative)
     assert np.isfinite(load_table(tmp_path / "features", "egemaps").to_numpy()).all()
     assert load_sequences(tmp_path / "features", "fbank")[1].shape == (len(relative), 301, 40)
+

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from ser.predict import Predictor, split_windows, window_starts
 from tests.serve_support import (PYTHON, REPO, ravdess_clip, long_recording, shared_bundle_dir, subprocess_env,
@@ -118,7 +119,7 @@ def test_the_default_model_is_the_registered_one_and_its_absence_is_explained(tm
 
     from tests.params_support import PARAMS
 
-    with pytest.raises(ValueError, match=r"models:/ser-emotion/latest.*--model"):
+    with pytest.raises(ValueError, match=r"models:/ser-emotion@champion.*ser promote.*--model"):
         load_predictor(None, tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}",
                        registered_model=PARAMS["mlflow"]["registered_model"], predict_params=PARAMS["predict"])
 
@@ -198,3 +199,115 @@ def test_normalize_by_folder_scores_each_speakers_clips_together(real_mirror, tm
     # A speaker-normalized model refuses to score a lone clip, and says why.
     single = predictor.try_predict(sources[0], str(sources[0]))
     assert not single.ok and "normalize-by folder" in single.error
+
+
+# ---- long files: streamed, never held whole ------------------------------------------------------------
+def window_matrix(prediction, classes) -> np.ndarray:
+    return np.array([[w.probabilities[c] for c in classes] for w in prediction.windows])
+
+
+@pytest.mark.mirror
+def test_a_long_file_is_streamed_and_scored_as_the_whole_file_path_scores_it(small_bundle, real_mirror, tmp_path,
+                                                                              monkeypatch):
+    predictor = Predictor.from_bundle_dir(small_bundle, window_s=3.0, hop_s=1.5)
+    recording = tmp_path / "meeting.flac"
+    edge = np.zeros(48000, dtype=np.float32)  # silent edges: the windows start where the trim says
+    sf.write(recording, np.concatenate([edge, long_recording(real_mirror, 150.0, 48000), edge[:20000]]), 48000,
+             subtype="PCM_16")
+    whole = predictor.predict_signal(predictor.load(recording), name=str(recording))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a streamed file must not be decoded whole")
+
+    monkeypatch.setattr("ser.predict.load_audio", refuse)
+    monkeypatch.setattr("ser.audio.decode", refuse)
+    assert predictor.streams(recording)
+    streamed = predictor.predict_source(recording, str(recording))
+
+    assert streamed.duration_s == whole.duration_s < 150.0 + 1.0  # the edge trim, found in a first pass
+    assert [(w.start_s, w.end_s) for w in streamed.windows] == [(w.start_s, w.end_s) for w in whole.windows]
+    assert len(streamed.windows) == 1 + round((streamed.duration_s - 3.0) / 1.5) > 64
+    # Same samples, trim and gain as load_audio, then the same per-window normalization: the same
+    # numbers (bit for bit today; the tolerance leaves room for a multithreaded feature extractor).
+    np.testing.assert_allclose(window_matrix(streamed, predictor.classes),
+                               window_matrix(whole, predictor.classes), rtol=0, atol=1e-9)
+    assert streamed.label == whole.label
+
+
+@pytest.mark.mirror
+def test_only_a_file_longer_than_one_window_is_streamed(small_bundle, real_mirror, tmp_path):
+    predictor = Predictor.from_bundle_dir(small_bundle, window_s=3.0, hop_s=1.5)
+    clip = ravdess_clip(real_mirror, 12, "05")  # about 3.7 s: one window, scored whole as in training
+    recording = tmp_path / "call.wav"
+    recording.write_bytes(wav_bytes(long_recording(real_mirror, 7.0), 16000))
+
+    assert not predictor.streams(clip)
+    assert not predictor.streams(recording.read_bytes())  # bytes are bounded by serve.max_bytes
+    assert predictor.streams(recording)
+    missing = predictor.try_predict(tmp_path / "missing.flac", "missing.flac")
+    assert not predictor.streams(tmp_path / "missing.flac") and "no such file" in missing.error
+
+
+def write_talk(path: Path, mirror: Path, seconds: float) -> None:
+    """Real speech with pauses, 48 kHz FLAC: RAVDESS clips of unseen actors looped, written clip by clip."""
+    from ser.audio import decode, to_mono
+
+    clips = sorted((mirror / "ravdess").glob("Actor_1[0-9]/*.flac"))
+    rng = np.random.default_rng(0)
+    target, written, index = int(seconds * 48000), 0, 0
+    with sf.SoundFile(path, "w", samplerate=48000, channels=1, format="FLAC", subtype="PCM_16") as out:
+        while written < target:
+            samples, rate = decode(clips[index % len(clips)])
+            assert rate == 48000, clips[index % len(clips)]
+            pause = np.zeros(int(rng.uniform(0.3, 1.5) * rate), dtype=np.float32)
+            piece = np.concatenate([to_mono(samples), pause])[:target - written]
+            out.write(piece)
+            written, index = written + piece.size, index + 1
+
+
+def peak_rss_of_ser_predict(recording: Path, bundle: Path, answer: Path) -> tuple[int, dict]:
+    """Run ``ser predict`` in a subprocess; the peak RSS of its process tree (sampled) and its answer."""
+    import time
+
+    import psutil
+
+    command = [PYTHON, "-m", "ser", "predict", str(recording), "--model", str(bundle), "--format", "json",
+               "--hop-s", "3.0"]  # half the windows of the default: the same memory, half the test time
+    errors = answer.with_suffix(".stderr")
+    with open(answer, "w") as stdout, open(errors, "w") as stderr:  # files, not pipes: a full pipe stalls the child
+        process = subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, env=subprocess_env())
+        root, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                members = [root, *root.children(recursive=True)]
+            except psutil.Error:  # it has just ended
+                break
+            rss = 0
+            for member in members:
+                try:
+                    rss += member.memory_info().rss
+                except psutil.Error:  # it ended between the listing and the reading
+                    pass
+            peak = max(peak, rss)
+            time.sleep(0.05)
+        process.wait()
+    assert process.returncode == 0, errors.read_text()
+    return peak, json.loads(answer.read_text())[0]
+
+
+@pytest.mark.mirror
+def test_memory_of_ser_predict_stays_flat_in_the_recording_length(small_bundle, real_mirror, tmp_path):
+    peaks, answers = {}, {}
+    for minutes in (2, 10):
+        recording = tmp_path / f"talk_{minutes}min.flac"
+        write_talk(recording, real_mirror, minutes * 60.0)
+        peaks[minutes], answers[minutes] = peak_rss_of_ser_predict(recording, small_bundle,
+                                                                    tmp_path / f"answer_{minutes}.json")
+
+    assert len(answers[10]["windows"]) > 4.5 * len(answers[2]["windows"]) and len(answers[2]["windows"]) > 30
+    assert answers[10]["duration_s"] > 590
+    # Held whole, the 10-minute file cost ~140 MB more than the 2-minute one (its decoded samples,
+    # their resampled copy and a copy of every window); streamed, a few MB (window predictions).
+    growth_mb = (peaks[10] - peaks[2]) / 2**20
+    assert growth_mb < 40, f"peak RSS {peaks[2] / 2**20:.0f} MB at 2 min, {peaks[10] / 2**20:.0f} MB at 10 min"
+    assert peaks[10] < 2**30

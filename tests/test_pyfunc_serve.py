@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import requests
 
 from tests.serve_support import (PYTHON, REPO, long_recording, ravdess_clip, shared_bundle_dir,
                                  subprocess_env, train_small_bundle, wav_bytes)
-from ser.serve.local import free_port, stop_process_group, wait_until_answering
+from ser.tracking import CHAMPION
+from ser.serve.local import free_port, stop_process_group, tree_cpu_seconds, wait_until_answering
 
 REGISTERED = "ser-emotion"
 MAX_BYTES = 400_000  # small, so the oversized payload of the test stays small
@@ -41,9 +43,12 @@ def tracking_uri(real_mirror, tmp_path_factory) -> str:
         from tests.params_support import params as project_params
 
         params = project_params()
-        info = log_model(bundle, params["predict"], {**params["serve"], "max_bytes": MAX_BYTES},
-                         registered_model_name=REGISTERED)
+        # paths on, under the corpus mirror: the test compares a path with the same clip's bytes
+        serve = {**params["serve"], "max_bytes": MAX_BYTES, "allow_path": True, "path_root": str(real_mirror)}
+        info = log_model(bundle, params["predict"], serve, registered_model_name=REGISTERED)
     assert info.registered_model_version == 1
+    # what ser predict/serve load when no --model is given
+    mlflow.MlflowClient().set_registered_model_alias(REGISTERED, CHAMPION, "1")
     yield uri
     mlflow.set_tracking_uri(previous_global)
     if previous is None:
@@ -67,7 +72,7 @@ def test_pyfunc_gives_the_probabilities_of_ser_predict(served_model, tracking_ur
     clip = ravdess_clip(real_mirror, 20, "05")
     by_bytes = served_model.predict(pd.DataFrame({"audio": [clip.read_bytes()]}))
     by_path = served_model.predict(pd.DataFrame({"path": [str(clip)]}))
-    # ser predict with no --model: the latest registered ser-emotion of the store in the env.
+    # ser predict with no --model: the @champion ser-emotion of the store in the env.
     result = subprocess.run([PYTHON, "-m", "ser", "predict", str(clip), "--format", "json"], cwd=REPO,
                             capture_output=True, text=True, timeout=300,
                             env=subprocess_env(MLFLOW_TRACKING_URI=tracking_uri))
@@ -105,14 +110,21 @@ def audio_payload(data: bytes | str) -> str:
     return json.dumps({"dataframe_split": {"columns": ["audio"], "data": [[encoded]]}})
 
 
+def busy_processes(server_pid: int, before: dict[int, float], min_cpu_s: float) -> list[int]:
+    after = tree_cpu_seconds(server_pid)
+    return [pid for pid, seconds in after.items() if seconds - before.get(pid, 0.0) >= min_cpu_s]
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_good_and_bad_payloads(tracking_uri, served_model, real_mirror, tmp_path):
+    """The documented command with ``--workers 2`` and one math thread per worker."""
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
-    env = subprocess_env(MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{Path(PYTHON).parent}:{os.environ['PATH']}")
+    env = subprocess_env(MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{Path(PYTHON).parent}:{os.environ['PATH']}",
+                         OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     server = subprocess.Popen(
         [str(Path(PYTHON).parent / "mlflow"), "models", "serve", "-m", f"models:/{REGISTERED}/latest",
-         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"],
+         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", "2"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/ping", server)
@@ -145,6 +157,14 @@ def test_mlflow_models_serve_answers_good_and_bad_payloads(tracking_uri, served_
         again = post(url, audio_payload(clip))  # still serving after the bad requests
         assert again.status_code == 200 and again.json()["predictions"][0]["label"] == answer["label"]
         assert server.poll() is None
+
+        # Both uvicorn workers score: concurrent clients on fresh connections keep each busy.
+        before = tree_cpu_seconds(server.pid)
+        body = audio_payload(wav_bytes(long_recording(real_mirror, 6.0), 16000))
+        with ThreadPoolExecutor(4) as clients:
+            codes = list(clients.map(lambda _: post(url, body).status_code, range(12)))
+        assert codes == [200] * 12
+        assert len(busy_processes(server.pid, before, min_cpu_s=0.1)) >= 2  # an idle worker accrues ~0.01 s
     finally:
         stop_process_group(server)
         log.close()

@@ -5,6 +5,7 @@ run; the estimator (sklearn flavor) and the registered audio-in model load and p
 from __future__ import annotations
 
 import io
+import json
 
 import mlflow
 import numpy as np
@@ -136,3 +137,23 @@ def test_tracking_uri_defaults_to_the_repo_store(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert project.tracking_uri() == "http://tracking.example:5000"
     assert tracking.artifact_location(project.tracking_uri()) is None
+
+
+def test_the_champion_alias_names_the_default_model(tracked_run):
+    from ser.pyfunc import load_predictor
+
+    result, folder, params = tracked_run
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    run = tracking.read_run_file(folder / "train")
+    assert run["registered_model"] == "ser-emotion-test" and run["model_version"] == "1"
+    with pytest.raises(ValueError, match="@champion.*ser promote"):
+        load_predictor(None, tracking_uri=uri, registered_model="ser-emotion-test", predict_params=params["predict"])
+    tracking.promote(uri, "ser-emotion-test", run["model_version"])
+    predictor, description = load_predictor(None, tracking_uri=uri, registered_model="ser-emotion-test",
+                                            predict_params=params["predict"])
+    assert description == "MLflow model models:/ser-emotion-test@champion" and predictor.classes == result.classes
+    info = tracking.model_version_info(uri, "models:/ser-emotion-test@champion")
+    assert info["version"] == "1" and info["run_id"] == result.run_id and info["aliases"] == ["champion"]
+    assert info["metrics"]["uar"] == pytest.approx(json.loads((folder / "evaluate.json").read_text())["uar"])
+    with pytest.raises(Exception, match="7"):
+        tracking.promote(uri, "ser-emotion-test", "7")

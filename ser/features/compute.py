@@ -4,16 +4,20 @@ Phase 1 computes what the per-clip cache lacks, in parallel (``ser.executor``), 
 each outcome into the cache; a clip that fails becomes a row of ``failures.parquet`` with its
 problem and a printed warning. Phase 2 reads the cache back in metadata order and streams it
 into the output files, so the outputs are the same whatever order the workers finished in and
-memory never holds more than one chunk of clips.
+memory never holds more than one chunk of clips. The outputs are written into a staging folder
+that replaces the output folder only once complete (:func:`staged_folder`), and the cache
+commits whole clips, so a run stopped at any point is resumed by running it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,9 @@ _WRITE_CHUNK = 256
 # Facts about a run, not about its outputs: returned (for the stage's log line) but kept out of
 # info.json, so the feature folder is byte-identical whether the cache was cold or warm.
 RUN_FACTS = ("computed", "computed_per_set", "from_cache")
+# Name parts of the folders staged_folder() writes into and moves aside, beside the output folder.
+_PARTIAL = ".partial-"
+_RETIRED = ".retired-"
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,48 @@ def ok_clips(metadata: pd.DataFrame) -> pd.DataFrame:
     return clips.reset_index(drop=True)
 
 
-def clear_outputs(out_dir: Path, extra: Sequence[str] = ()) -> None:
-    for name in ("functionals.parquet", "egemaps.parquet", store.FAILURES_FILE, store.INFO_FILE, *extra):
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / store.SEQUENCES_DIR, ignore_errors=True)
+@contextlib.contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside ``out_dir`` to write the outputs into, put in ``out_dir``'s place
+    only when the block completes. A run that fails or is stopped (Ctrl-C, SIGTERM, SIGKILL)
+    leaves the previous outputs or none, never a folder that looks finished and is not."""
+    out_dir = out_dir.absolute()  # a name to put beside, even for "."
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}{_PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        # A directory cannot be renamed over a non-empty one: move the old one aside first.
+        retired = out_dir.with_name(f".{out_dir.name}{_RETIRED}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.rename(out_dir, retired)
+        os.rename(staging, out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, out_dir)
+
+
+def _remove_abandoned(out_dir: Path) -> None:
+    """Staging folders of runs that were killed before they could clean up (their process is gone)."""
+    for marker in (_PARTIAL, _RETIRED):
+        for folder in out_dir.parent.glob(f".{out_dir.name}{marker}*"):
+            pid = folder.name[len(f".{out_dir.name}{marker}"):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to someone else
+        pass
+    return True
 
 
 def open_cache(feature_params: dict, root: Path, cache_dir: str | os.PathLike | None = None
@@ -120,9 +165,8 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
             failed[job.key] = _portable(outcome.error, root)
             tqdm.write(f"warning: {getattr(job, 'path', job.key)}: quarantined, {outcome.error}")
             continue
-        for name in job.sets:
-            for kind in KINDS_OF_SET[name]:
-                cache.put(kind, hashes[name], job.key, outcome.value[kind])
+        cache.put_clip(job.key, [(kind, hashes[name], outcome.value[kind])
+                                 for name in job.sets for kind in KINDS_OF_SET[name]])
     cache.commit()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,8 +263,6 @@ def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audi
     """
     root = Path(root)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out_dir)
     clips = ok_clips(metadata_df)
     paths = dict(zip(clips["pcm_sha256"], (resolve_path(p, root) for p in clips["path"])))
     entries = list(zip(clips["utterance_id"], clips["pcm_sha256"]))
@@ -231,9 +273,10 @@ def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audi
 
     cache, scratch = open_cache(feature_params, root, cache_dir)
     try:
-        return build_feature_folder(entries, make_job, extract_job, out_dir, audio_params,
-                                    feature_params, cache, executor,
-                                    desc="features" if progress else None, root=root)
+        with staged_folder(out_dir) as staging:
+            return build_feature_folder(entries, make_job, extract_job, staging, audio_params,
+                                        feature_params, cache, executor,
+                                        desc="features" if progress else None, root=root)
     finally:
         cache.close()
         if scratch is not None:

@@ -1,95 +1,104 @@
-"""The web app behind ``ser serve``: a page and a small JSON API over one Predictor.
+"""The web app behind ``ser serve``: a page and a small JSON API over a pool of predictor processes.
 
     GET  /                the page (upload a file or record from the microphone)
-    GET  /api/info        classes, model, limits
+    GET  /api/info        classes, model (and its registered version when known), limits
+    GET  /health          status, model, queue depth and capacity, workers (503 when none is up)
     POST /api/predict     multipart field ``file`` -> label, probabilities, windows, and the
                           clip as the model heard it: a waveform envelope (data arrays, drawn
                           by the page) and a log-mel spectrogram (PNG, data URI)
 
+The app itself never predicts: it admits a request (``serve.max_queue``), hands the clip to an
+idle predictor process and relays the answer (see :mod:`ser.serve.pool`), so the event loop
+stays free to answer, refuse and time out while every core predicts.
+
 Errors are JSON ``{"detail": message}``: 413 over the size limit, 400 for input that is not
-usable audio. Everything the page needs is served from ``ser/serve/static`` (no CDN).
+usable audio, 503 with ``Retry-After`` when the queue is full or no worker came free in time,
+504 when a prediction ran past ``serve.timeout_s``. Everything the page needs is served from
+``ser/serve/static`` (no CDN).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, File, HTTPException, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
 
-from ser.audio import AudioError
-from ser.predict import Predictor, audio_error_message
+from ser.serve.pool import PredictorPool, Rejected
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-WAVEFORM_POINTS = 800
-SPECTROGRAM_MAX_COLUMNS = 1200
-SPECTROGRAM_MELS = 80
 
 
-def waveform_envelope(y: np.ndarray, points: int = WAVEFORM_POINTS) -> dict[str, list[float]]:
-    """Min and max of ``y`` over ``points`` equal slices: enough to draw any length of audio."""
-    if y.size == 0:
-        return {"min": [], "max": []}
-    edges = np.linspace(0, y.size, min(points, y.size) + 1).astype(int)
-    lows = [float(y[a:b].min()) for a, b in zip(edges[:-1], edges[1:])]
-    highs = [float(y[a:b].max()) for a, b in zip(edges[:-1], edges[1:])]
-    return {"min": [round(v, 4) for v in lows], "max": [round(v, 4) for v in highs]}
+def _model_version(model_info: dict[str, Any] | None) -> str | None:
+    return None if not model_info or model_info.get("version") is None else str(model_info["version"])
 
 
-def spectrogram_png(y: np.ndarray, sample_rate: int) -> str:
-    """A log-mel spectrogram as a ``data:image/png`` URI (low frequencies at the bottom)."""
-    import librosa
-    from matplotlib import image as mpl_image
+async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "send the clip as the multipart form field 'file'")
+        name = upload.filename or "upload"
+        payload = await upload.read(max_bytes + 1)
+    finally:
+        await form.close()
+    if len(payload) > max_bytes:
+        raise HTTPException(413, f"{name}: over the upload limit of {max_bytes} bytes (serve.max_bytes)")
+    return payload, name
 
-    mel = librosa.feature.melspectrogram(y=y, sr=sample_rate, n_fft=512, hop_length=160, win_length=400,
-                                         n_mels=SPECTROGRAM_MELS, fmax=sample_rate / 2)
-    db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
-    if db.shape[1] > SPECTROGRAM_MAX_COLUMNS:  # long recordings: average frames down to a drawable width
-        edges = np.linspace(0, db.shape[1], SPECTROGRAM_MAX_COLUMNS + 1).astype(int)
-        db = np.stack([db[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
-    buffer = io.BytesIO()
-    mpl_image.imsave(buffer, db, cmap="magma", origin="lower", format="png", vmin=-80.0, vmax=0.0)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
+def create_app(pool: PredictorPool, max_bytes: int, model_description: str = "",
+               model_info: dict[str, Any] | None = None) -> FastAPI:
+    """The app over a started ``pool``. ``model_info`` (registered ``version``, ``run_id``,
+    ``metrics``, aliases, ``uri``; None for a folder) is shown as given on the page and in
+    ``/api/info`` and ``/health``."""
 
-def create_app(predictor: Predictor, max_bytes: int, model_description: str = "") -> FastAPI:
-    lock = threading.Lock()  # one prediction at a time: feature extractors are not all re-entrant
-    app = FastAPI(title="ser: speech emotion recognition", version="0.1.0")
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        pool.close()
+
+    app = FastAPI(title="ser: speech emotion recognition", version="0.2.0", lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    model = pool.model
+    described = {"model": model_description, "version": _model_version(model_info), "model_info": model_info}
+
+    @app.exception_handler(Rejected)
+    async def rejected(_: Request, exc: Rejected) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    # async: the pool's counters belong to the event loop, so they are read there too
     @app.get("/api/info")
-    def info() -> dict[str, Any]:
-        return {"classes": predictor.classes, "model": model_description, "max_bytes": max_bytes,
-                "sample_rate": predictor.sample_rate, "window_s": predictor.window_s, "hop_s": predictor.hop_s}
+    async def info() -> dict[str, Any]:
+        return {"classes": model["classes"], **described, "max_bytes": max_bytes,
+                "sample_rate": model["sample_rate"], "window_s": model["window_s"], "hop_s": model["hop_s"],
+                "workers": pool.workers, "max_queue": pool.max_queue, "timeout_s": pool.timeout_s}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        status = {**pool.status(), **described}
+        return JSONResponse(status, status_code=200 if status["status"] in ("ok", "degraded") else 503)
 
     @app.post("/api/predict")
-    def predict(file: UploadFile = File(...), visuals: bool = True) -> dict[str, Any]:
-        name = file.filename or "upload"
-        payload = file.file.read(max_bytes + 1)
-        if len(payload) > max_bytes:
-            raise HTTPException(413, f"{name}: over the upload limit of {max_bytes} bytes (serve.max_bytes)")
-        try:
-            with lock:
-                y = predictor.load(payload)
-                prediction = predictor.predict_signal(y, name=name)
-        except AudioError as exc:
-            raise HTTPException(400, audio_error_message(exc, name)) from None
-        answer = prediction.to_dict(with_windows=True)
-        answer["classes"] = predictor.classes
-        if visuals:
-            answer["sample_rate"] = predictor.sample_rate
-            answer["waveform"] = waveform_envelope(y)
-            answer["spectrogram"] = spectrogram_png(y, predictor.sample_rate)
-        return answer
+    async def predict(request: Request, visuals: bool = True) -> Response:
+        with pool.admitted() as ticket:  # a full queue is refused before the body is read
+            payload, name = await _read_upload(request, max_bytes)
+            reply = await pool.run(ticket, (payload, name, visuals))
+        if reply.kind == "bad":
+            raise HTTPException(400, reply.body)
+        if reply.kind != "ok":
+            raise HTTPException(500, reply.body)
+        timing = f"queue;dur={1000 * reply.waited_s:.1f}, predict;dur={1000 * reply.ran_s:.1f}"
+        return Response(reply.body, media_type="application/json", headers={"Server-Timing": timing})
 
     return app

@@ -1,5 +1,6 @@
 """Local server processes for tests and benchmarks: a free loopback port, waiting until a
-started server answers, and stopping it with everything it spawned."""
+started server answers, stopping it with everything it spawned, and the memory and CPU time of
+its whole process tree (a server and its workers)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,41 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float = 30.0) -> No
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def process_tree(pid: int) -> list:
+    """``pid`` and every process under it (psutil handles): a server and its workers."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a server's whole process tree (shared pages counted per process)."""
+    import psutil
+
+    total = 0
+    for process in process_tree(pid):
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:  # a worker being replaced
+            continue
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time (user + system) so far of each process in ``pid``'s tree."""
+    import psutil
+
+    times = {}
+    for process in process_tree(pid):
+        try:
+            cpu = process.cpu_times()
+            times[process.pid] = cpu.user + cpu.system
+        except psutil.NoSuchProcess:
+            continue
+    return times
