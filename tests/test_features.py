@@ -341,15 +341,12 @@ def test_features_stage_script_end_to_end(tmp_path, corpus):
 
 @pytest.mark.mirror
 @pytest.mark.slow
-def test_real_clips_including_the_odd_ones_go_through_the_stage(tmp_path):
+def test_real_clips_including_the_odd_ones_go_through_the_stage(tmp_path, real_mirror):
     import hashlib
-    import os
 
     from ser.audio import decode
 
-    root = Path(os.environ.get("SER_DATA_MIRROR", "/work/shared/datasets"))
-    assert (root / "tess").is_dir() and (root / "ravdess").is_dir(), (
-        f"real corpora not found under {root}: set SER_DATA_MIRROR to the dataset mirror")
+    root = real_mirror
     relative = ["ravdess/Actor_01/03-01-02-01-01-02-01.flac", "ravdess/Actor_02/03-01-05-02-01-01-02.flac",
                 "tess/OAF_food_fear.wav", "tess/YAF_germ_angry.wav", "tess/YAF_neat_fear.wav",
                 "tess/OAF_back_happy.flac"]
