@@ -200,9 +200,18 @@ class LabelledData:
     y: np.ndarray
     speaker_norm: str
     without_features: list[str]
-    copies: pd.DataFrame | None = None  # augmented rows of labelled clips: fold, group, source
+    copies: pd.DataFrame | None = None  # augmented rows: utterance_id, source_utterance_id (+ fold, group once placed)
     copies_X: np.ndarray | None = None
     copies_y: np.ndarray | None = None
+
+    def keep_placed_copies(self, placed: pd.DataFrame) -> None:
+        """Keep the copies ``splits.augmented_folds`` placed in folds (those of labelled clips),
+        each labelled as its source clip."""
+        rows = pd.Index(self.copies["utterance_id"]).get_indexer(placed.index)
+        sources = pd.Index(self.clips["utterance_id"]).get_indexer(placed["source_utterance_id"])
+        self.copies = placed.reset_index()
+        self.copies_X = self.copies_X[rows]
+        self.copies_y = self.y[sources]
 
     def training_rows(self, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """X, y of ``fit_rows`` plus the augmented copies of exactly those clips."""
@@ -218,7 +227,8 @@ class LabelledData:
 def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
                   train_params: dict[str, Any], feature_input: str) -> LabelledData:
     """Usable clips with features and a label (train.target / train.emotions), speaker-normalized
-    when train.speaker_norm says so; augmented copies only when train.use_augmented."""
+    when train.speaker_norm says so; augmented copies only when train.use_augmented (which of
+    them belong to labelled clips is the folds' business: :meth:`LabelledData.keep_placed_copies`)."""
     usable = metadata[metadata["status"] == "ok"] if "status" in metadata.columns else metadata
     without_features = sorted(set(usable["utterance_id"]) - set(inputs.ids))
     if without_features:
@@ -238,12 +248,8 @@ def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelI
         X, copies_X = _normalize_speakers(usable, inputs, clips, X, augmented)
     data = LabelledData(clips, classes, X, y, speaker_norm, without_features)
     if train_params["use_augmented"] and augmented is not None:
-        known = np.isin(np.asarray(augmented.sources, dtype=object), clips["utterance_id"].to_numpy())
-        data.copies_X = copies_X[known]
-        sources = np.asarray(augmented.sources, dtype=object)[known]
-        data.copies_y = np.array([class_index[label_of[s]] for s in sources], dtype=np.int64)
-        data.copies = pd.DataFrame({"utterance_id": np.asarray(augmented.ids, dtype=object)[known],
-                                    "source_utterance_id": sources})
+        data.copies = pd.DataFrame({"utterance_id": augmented.ids, "source_utterance_id": augmented.sources})
+        data.copies_X = copies_X
     return data
 
 
@@ -347,7 +353,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
     folds = splits.assign_folds(data.clips, protocol, int(params["split"]["n_folds"]), int(params["split"]["seed"]),
                                 labels=pd.Series([data.classes[i] for i in data.y]))
     if data.copies is not None:
-        data.copies = splits.augmented_folds(folds, data.copies).reset_index()
+        data.keep_placed_copies(splits.augmented_folds(folds, data.copies))
     run = TrainingRun(tracking, data.clips, {"model_type": model_type, "feature_input": feature_input,
                                              "protocol": protocol, "speaker_dependent": protocol == "random"},
                       params["train"]["target"])
