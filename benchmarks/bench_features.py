@@ -31,7 +31,6 @@ import sys  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from ser.audio import load_audio  # noqa: E402
@@ -39,6 +38,7 @@ from ser.project import load_params, repo_root  # noqa: E402
 from ser.executor import cpu_count, make_executor  # noqa: E402
 from ser.features import extract  # noqa: E402
 from ser.features import spectral  # noqa: E402
+from ser.serve.local import tree_rss_bytes  # noqa: E402
 
 NAIVE_N_MFCC = 40
 
@@ -87,14 +87,7 @@ class PeakRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+        return tree_rss_bytes(os.getpid())
 
     def _run(self) -> None:
         while not self._stop.is_set():

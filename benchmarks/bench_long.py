@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: `ser` and `tests` live at the repo root
     sys.path.insert(0, str(REPO))
 
+from ser.serve.local import tree_rss_bytes  # noqa: E402
+
 RATE = 48000
 PAUSE_S = (0.3, 1.5)
 NOISE_LEVEL = 1e-4  # faint room noise in the pauses, so they are quiet rather than digital zeros
@@ -88,16 +90,6 @@ def vm_hwm_bytes(pid: int) -> int:
     return 0
 
 
-def tree_rss(root: psutil.Process) -> int:
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:  # a child that just ended has no memory left to count
-            pass
-    return total
-
-
 def run_predict(recording: Path, model: Path, answer_path: Path) -> dict:
     """Run ``ser predict`` on ``recording``; peak RSS of its process tree, wall time, the answer."""
     command = [sys.executable, "-m", "ser", "predict", str(recording), "--model", str(model), "--format", "json"]
@@ -105,14 +97,10 @@ def run_predict(recording: Path, model: Path, answer_path: Path) -> dict:
     with open(answer_path, "w") as stdout, open(answer_path.with_suffix(".stderr"), "w") as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, env=env)
-        root = psutil.Process(process.pid)
         peak = hwm = 0
         timeline, next_mark = [], 0.0
         while process.poll() is None:
-            try:
-                rss = tree_rss(root)
-            except psutil.Error:
-                rss = 0
+            rss = tree_rss_bytes(process.pid)
             peak, hwm = max(peak, rss), max(hwm, vm_hwm_bytes(process.pid))
             elapsed = time.perf_counter() - started
             if elapsed >= next_mark:

@@ -20,9 +20,6 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-Number = Union[int, float]
-
-
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -226,10 +223,6 @@ class RecurrentParams(KerasParams):
 
 class ConvRecurrentParams(Conv2dParams):
     units: int
-
-
-MODEL_TYPES = ("logreg", "mlp", "svm", "random_forest", "decision_tree",
-               "cnn1d", "cnn2d", "lstm", "bilstm", "gru", "clstm")
 
 
 class ModelParams(Section):

@@ -127,11 +127,6 @@ def window_ranges(n_samples: int, sample_rate: int, window_s: float, hop_s: floa
     return [(start, start + window) for start in starts]
 
 
-def split_windows(y: np.ndarray, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
-    """``(start, end)`` sample ranges of the windows of ``y``; a single window is all of ``y``."""
-    return window_ranges(len(y), sample_rate, window_s, hop_s)
-
-
 def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive lists of ``size`` items (the last may be shorter), pulled lazily."""
     iterator = iter(items)
@@ -231,7 +226,7 @@ class Predictor:
         return len(y), ranges, signals
 
     def _windows(self, y: np.ndarray) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
-        ranges = split_windows(y, self.sample_rate, self.window_s, self.hop_s)
+        ranges = window_ranges(len(y), self.sample_rate, self.window_s, self.hop_s)
         signals = [y[start:end] for start, end in ranges]
         if len(signals) > 1:
             # Training clips were normalized one by one; so is each window of a long recording.

@@ -63,14 +63,15 @@ def process_tree(pid: int) -> list:
 
 
 def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a server's whole process tree (shared pages counted per process)."""
+    """Resident memory of a process's whole tree, e.g. a server and its workers (shared pages
+    counted per process)."""
     import psutil
 
     total = 0
     for process in process_tree(pid):
         try:
             total += process.memory_info().rss
-        except psutil.NoSuchProcess:  # a worker being replaced
+        except psutil.Error:  # a worker being replaced, a child that just ended
             continue
     return total
 
