@@ -6,9 +6,9 @@ yields an :class:`Outcome` per item *in completion order*, so callers stream res
 and memory stays bounded. A failure in one item is captured in its outcome, never raised, so a
 broken clip cannot stop a run; that includes a clip that kills the worker process running it.
 
-To scale out, implement :class:`Executor` over an existing engine (Dask's
-``client.map``, Ray's ``remote``, Spark's ``mapPartitions``) and register it in
-:data:`EXECUTORS`; nothing else changes.
+To scale out, implement :class:`Executor` over an existing engine and register it in
+:data:`EXECUTORS`; nothing else changes. ``ray`` (:mod:`ser.ray_executor`) runs the same
+functions as Ray tasks on a cluster or a local Ray instance.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -35,6 +36,8 @@ WORKER_DIED = "worker process died"
 # Pool deaths with no batch coming back in between: past this many, workers cannot run at all
 # (an import that crashes, a broken initializer), and quarantining every item would hide it.
 MAX_DEATHS_IN_A_ROW = 5
+# Seconds a dead worker may leave its pool unbroken before the pool counts as wedged.
+WEDGED_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -185,20 +188,44 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
 
 
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Kill ``pool``'s workers and let its manager thread finish without them.
+
+    A worker killed while it writes a batch's result leaves half a message in the result pipe.
+    The pool's manager thread then waits for the rest, and since this process also holds the
+    pipe's write end, no end-of-file ever tells it the writers are gone: the thread, and with it
+    every wait on the pool and the interpreter's exit (which joins it), would hang for ever.
+    Closing our write end turns that wait into an end-of-file once the workers are dead, which
+    the pool reports as broken. Only for a pool that takes no more work: new workers inherit
+    that end."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    queue = getattr(pool, "_result_queue", None)
+    writer = getattr(queue, "_writer", None)
+    if writer is not None:
+        writer.close()
+
+
 def _close(pool: ProcessPoolExecutor, abandon: bool) -> None:
     """Shut ``pool`` down; when the caller is unwinding (Ctrl-C, an error downstream) the
-    workers are terminated rather than waited for, so an interrupted stage stops at once."""
+    workers are killed rather than waited for, so an interrupted stage stops at once."""
     if abandon:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        _abandon(pool)
     pool.shutdown(wait=not abandon, cancel_futures=True)
 
 
 def _exit_status(pool: ProcessPoolExecutor) -> str:
     """How a broken pool's worker died (read before shutdown, which forgets the processes)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    for process in processes:  # a broken pool stops all its workers: this waits for the reaping
-        process.join(timeout=5)
+    deadline = time.monotonic() + 5
+    # The pool's manager thread reaps the workers too. When it wins the race, our own wait finds
+    # no child left and the exit code appears on the shared process object a moment later.
+    while True:
+        for process in processes:  # a broken pool stops all its workers: this waits for the reaping
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if all(p.exitcode is not None for p in processes) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
     codes = [p.exitcode for p in processes if p.exitcode]
     # Once one worker dies the pool sends SIGTERM to the others: those are not the cause.
     codes.sort(key=lambda code: code == -signal.SIGTERM)
@@ -211,6 +238,26 @@ def _exit_status(pool: ProcessPoolExecutor) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def _wait_for_some(pool: ProcessPoolExecutor, futures) -> tuple[set[Future], bool]:
+    """The finished futures among ``futures`` (at least one), and whether ``pool`` had to be
+    abandoned to get them. A dead worker breaks its pool within milliseconds; one dead for
+    :data:`WEDGED_S` with the pool still whole died writing its result (see :func:`_abandon`),
+    so the pool is abandoned and its futures fail as broken."""
+    dead_since, abandoned = None, False
+    while True:
+        done, _ = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
+        if done:
+            return done, abandoned
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        if abandoned or all(process.is_alive() for process in processes):
+            dead_since = None
+        elif dead_since is None:
+            dead_since = time.monotonic()
+        elif time.monotonic() - dead_since > WEDGED_S:
+            _abandon(pool)
+            abandoned = True
 
 
 def _batch_outcomes(batch: Sequence[Any], future: Future) -> list[Outcome]:
@@ -310,7 +357,8 @@ class ProcessExecutor(Executor):
                 broken = True
                 break
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, abandoned = _wait_for_some(pool, pending)
+            broken = broken or abandoned
             for future in done:
                 batch = pending.pop(future)
                 if isinstance(future.exception(), BrokenProcessPool):
@@ -335,6 +383,7 @@ class ProcessExecutor(Executor):
                     _close(pool, abandon=False)
                     pool = _spawn_pool(1)
                     future = pool.submit(_run_batch, fn, [item])
+                _wait_for_some(pool, [future])
                 if isinstance(future.exception(), BrokenProcessPool):
                     status = _exit_status(pool)
                     yield Outcome(item, error=f"{WORKER_DIED} ({status}) while running this item, "
@@ -356,6 +405,9 @@ class ProcessExecutor(Executor):
 EXECUTORS: dict[str, Callable[..., Executor]] = {
     "serial": lambda workers=0, **_: SerialExecutor(),
     "process": lambda workers=0, **kw: ProcessExecutor(workers, **kw),
+    # Imported only when chosen: ray is heavy, and the other executors must not need it.
+    "ray": lambda workers=0, **kw: __import__("ser.ray_executor", fromlist=["RayExecutor"]).RayExecutor(
+        workers, **kw),
 }
 
 

@@ -109,6 +109,62 @@ def test_a_worker_that_dies_once_is_replaced_and_the_clips_it_took_down_are_retr
                                   load_table(tmp_path / "serial", "functionals"))
 
 
+# A worker killed while it writes a large result leaves half a message in the pool's result
+# pipe. These run in a child interpreter, since the failure they guard against is a hang: of
+# the pool's wait, or of the interpreter's exit, which joins the pool's manager thread.
+BIG_RESULTS = """
+import os, signal, sys, threading, time
+from ser.executor import WORKER_DIED, ProcessExecutor
+
+MB = 1 << 20
+
+def big(item):
+    if item == "victim":  # dies once it has started to hand back its 512 MB
+        threading.Thread(target=kill_when_sending, args=(threading.get_ident(),), daemon=True).start()
+        return bytes(512 * MB)
+    return bytes(64 * MB)
+
+def kill_when_sending(sender):
+    while not any(frame.f_code.co_name == "send_bytes" for frame in stack(sys._current_frames().get(sender))):
+        time.sleep(0.001)
+    time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def stack(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+if __name__ == "__main__":
+    items = ["victim", *range(6)] if sys.argv[1] == "victim" else list(range(40))
+    for outcome in ProcessExecutor(workers=2, batch_size=1).map(big, items):
+        if sys.argv[1] == "interrupt":  # the consumer stops while workers are mid-send
+            raise KeyboardInterrupt
+        print(outcome.item, "ok" if outcome.ok else outcome.error, flush=True)
+"""
+
+
+def run_big_results(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "big_results.py"
+    script.write_text(BIG_RESULTS)
+    return subprocess.run([sys.executable, str(script), mode], cwd=REPO, capture_output=True, text=True,
+                          timeout=150, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_an_interrupted_pool_exits_even_when_workers_are_writing_results(tmp_path):
+    done = run_big_results(tmp_path, "interrupt")  # a hang here raises TimeoutExpired
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_worker_killed_while_writing_its_result_fails_its_item_and_the_rest_complete(tmp_path):
+    done = run_big_results(tmp_path, "victim")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if not line.startswith("warning:"))
+    assert sorted(lines) == sorted(["victim", *map(str, range(6))]), done.stdout
+    problem = lines.pop("victim")
+    assert WORKER_DIED in problem and "SIGKILL" in problem and set(lines.values()) == {"ok"}, done.stdout
+
+
 # ---- a run stopped half-way -----------------------------------------------------------------
 
 def committed_clips(cache_file: Path) -> int:
