@@ -11,7 +11,6 @@ whole default features stage (every set, cold cache) over a metadata table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from common import publish  # noqa: E402  (benchmarks/, the script's folder)
 from ser.audio import load_audio  # noqa: E402
 from ser.project import load_params, repo_root  # noqa: E402
 from ser.executor import cpu_count, make_executor  # noqa: E402
@@ -274,12 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="also time the whole features stage over this metadata.parquet")
     features.add_argument("--out", default="metrics/bench_features.json")
     args = parser.parse_args(argv)
-    result = bench_features(args)
-    print_table(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    publish(bench_features(args), args.out, print_table)
     return 0
 
 

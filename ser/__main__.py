@@ -1,4 +1,4 @@
-"""``python -m ser predict ...`` / ``python -m ser serve ...`` (same as the ``ser`` command)."""
+"""``python -m ser predict ...`` / ``serve`` / ``promote`` / ``tune`` (same as the ``ser`` command)."""
 
 import sys
 

@@ -34,6 +34,7 @@ from ser.executor import Executor, make_executor
 from ser.features import store
 from ser.features.compute import build_feature_folder, ok_clips, open_cache, resolve_path, staged_folder
 from ser.features.extraction import extract
+from ser.ray_executor import ray_options
 
 INDEX_FILE = "index.parquet"
 INDEX_COLUMNS = ("utterance_id", "source_utterance_id", "copy", "speaker", "corpus", "emotion", "gender")
@@ -130,7 +131,7 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
     ``copies: 0`` writes the same files, valid and empty. Copies are made of every ok clip;
     keeping only those whose source is on the training side is the splits' job.
     """
-    root = Path(root)
+    root = Path(root).absolute()  # jobs name files a worker finds whatever its working directory
     out_dir = Path(out_dir)
     copies = int(augment_params["copies"])
     if copies < 0:
@@ -146,7 +147,8 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
             rows.append({"utterance_id": copy_id(clip.utterance_id, copy),
                          "source_utterance_id": clip.utterance_id, "copy": copy, "_key": key,
                          **{column: getattr(clip, column) for column in PROVENANCE_COLUMNS}})
-    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]))
+    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]),
+                                         **ray_options(feature_params))
 
     def make_job(key: str, missing: tuple[str, ...]) -> AugmentJob:
         path, utterance_id, copy = jobs_info[key]

@@ -1,8 +1,9 @@
-"""The ``ser`` command: ``ser predict PATH...`` and ``ser serve``.
+"""The ``ser`` command: ``ser predict PATH...``, ``ser serve``, ``ser promote`` and ``ser tune``.
 
     ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv]
     ser serve --port 8000 [--model URI|FOLDER] [--workers N] [--max-queue N] [--timeout-s S]
     ser promote VERSION
+    ser tune [--model-type T] [--num-samples N] [--max-concurrent N] [--address HOST:PORT]
 
 ``--model`` defaults to the version of the registered model (``mlflow.registered_model`` in
 params.yaml) that the ``champion`` alias names in the project's MLflow store
@@ -11,6 +12,11 @@ committed params moves the alias to the model it registers; experiments never do
 promote VERSION`` moves it by hand. ``--model`` also takes
 any MLflow model URI, a local MLflow model folder, or a ModelBundle folder. A file that cannot
 be read gets one error line (exit status 1); the other files are still predicted.
+
+``ser tune`` searches ``model.<type>`` hyper-parameters (params.yaml ``tune``) on the train
+stage's inputs and folds, on the Ray cluster ``--address`` or ``RAY_ADDRESS`` names (else a
+local Ray), logs the trials to MLflow and writes the best as ``tune.best_params`` (a params
+fragment) and ``tune.best_args`` (``dvc exp run $(cat metrics/tune_best.args)`` applies it).
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+# What the train stage reads (dvc.yaml), relative to the repository root.
+TRAIN_INPUTS = {"metadata": "data/interim/metadata.parquet", "features": "data/features", "augmented": "data/augmented"}
 MODEL_HELP = ("MLflow model URI (models:/ser-emotion/3, runs:/<run id>/audio_model), MLflow model folder or "
               "ModelBundle folder; default: the @champion version of the registered model in the project's MLflow store")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition: predict and serve.")
+    parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition: predict, serve and tune.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="predict the emotion of audio files and folders")
@@ -57,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests waiting or running at once; more get 503 (default: serve.max_queue)")
     serve.add_argument("--timeout-s", type=float, default=None,
                        help="seconds a request may wait and run (default: serve.timeout_s)")
+
+    search = commands.add_parser("tune", help="search hyper-parameters on Ray Tune (params.yaml tune)")
+    search.add_argument("--model-type", default=None, help="the family to search (default: tune.model_type, else "
+                                                           "model.type)")
+    search.add_argument("--num-samples", type=int, default=None, help="trials (default: tune.num_samples)")
+    search.add_argument("--max-concurrent", type=int, default=None,
+                        help="trials at once (default: tune.max_concurrent)")
+    search.add_argument("--address", default=None,
+                        help="a running Ray cluster, host:port of its head (default: $RAY_ADDRESS, else a local Ray)")
+    search.add_argument("--metadata", default=TRAIN_INPUTS["metadata"], help="default: %(default)s (the train stage's)")
+    search.add_argument("--features", default=TRAIN_INPUTS["features"], help="default: %(default)s")
+    search.add_argument("--augmented", default=TRAIN_INPUTS["augmented"], help="default: %(default)s")
     return parser
 
 
@@ -206,6 +226,65 @@ def run_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tune(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ser import project
+    from ser.params import ParamsError, validate
+
+    try:
+        params = _project_params()
+        flags = {"model_type": args.model_type, "num_samples": args.num_samples, "max_concurrent": args.max_concurrent}
+        params["tune"] = {**params["tune"], **{key: value for key, value in flags.items() if value is not None}}
+        validate(params, "params.yaml with the ser tune options")
+    except (ParamsError, FileNotFoundError) as exc:
+        print(f"ser tune: {exc}", file=sys.stderr)
+        return 2
+    root = project.repo_root()
+    inputs = {name: root / getattr(args, name) for name in TRAIN_INPUTS}
+    missing = [str(path) for name, path in inputs.items() if name != "augmented" and not path.exists()]
+    if missing:
+        print(f"ser tune: {', '.join(missing)} missing; run `dvc repro features augment` first", file=sys.stderr)
+        return 2
+
+    from ser.train import load_training_inputs
+    from ser.tune import SearchTracking, search, trials_table, write_best
+
+    settings = params["tune"]
+    model_type = settings["model_type"] or params["model"]["type"]
+    try:
+        _, features, augmented = load_training_inputs(inputs["features"], inputs["augmented"],
+                                                      {**params["model"], "type": model_type}, params["train"])
+        result = search(pd.read_parquet(inputs["metadata"]), features, augmented, params,
+                        ray_dir=root / settings["ray_dir"], address=args.address or os.environ.get("RAY_ADDRESS"),
+                        tracking=SearchTracking(project.tracking_uri(), params, project.experiment_tags()))
+    except (ParamsError, ValueError) as exc:
+        print(f"ser tune: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # no trial finished: each failure's traceback is above
+        print(f"ser tune: {exc}", file=sys.stderr)
+        return 1
+    from rich.console import Console
+
+    # Off a terminal rich would wrap the table at 80 columns; a log has room for the whole row.
+    Console(width=None if sys.stdout.isatty() else 200).print(trials_table(result))
+    best, metric = result.best, result.metric
+    paths = [Path(settings["best_params"]), Path(settings["best_args"])]
+    header = (f"ser tune: the best of {len(result.trials)} trials of {model_type} on {result.feature_input} (trial "
+              f"{best.index}): {metric} {best.mean(metric):.4f} +- {best.std(metric):.4f} over {result.n_folds} "
+              f"{result.protocol} folds\nMLflow: experiment {settings['experiment']}, parent run "
+              f"{result.parent_run_id}\nApply: dvc exp run $(cat {paths[1].as_posix()})")
+    write_best(result.fragment, result.args, *(path if path.is_absolute() else root / path for path in paths), header)
+    print(f"best: trial {best.index}, {metric} {best.mean(metric):.4f} +- {best.std(metric):.4f} "
+          f"({result.seconds:.0f} s, MLflow parent run {result.parent_run_id})")
+    print(f"wrote {paths[0].as_posix()} and {paths[1].as_posix()}; apply with:")
+    print(f"  dvc exp run {' '.join(result.args)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Library deprecation notices are for developers, not for someone asking about a recording.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -215,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_predict(args)
     if args.command == "promote":
         return run_promote(args)
+    if args.command == "tune":
+        return run_tune(args)
     return run_serve(args)
 
 

@@ -24,6 +24,7 @@ from ser.audio import AudioError, decode
 from ser.datasets import get_corpus
 from ser.datasets.base import FileNameError, is_audio
 from ser.executor import Executor, make_executor
+from ser.ray_executor import ray_options
 from ser.schema import COLUMNS, write_metadata
 
 
@@ -138,7 +139,7 @@ def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: dict[str, 
         if not corpus_rows:
             raise FileNotFoundError(f"{folder}: corpus '{corpus}' holds no audio files")
         rows.extend(corpus_rows)
-    executor = executor or make_executor(params["executor"], int(params["workers"]))
+    executor = executor or make_executor(params["executor"], int(params["workers"]), **ray_options(params))
     measured: dict[str, Probe] = {}
     for outcome in executor.map(probe, [row["_absolute"] for row in rows], desc="probe", total=len(rows)):
         measured[outcome.item] = outcome.value if outcome.ok else Probe(problem=f"{outcome.item}: {outcome.error}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -38,7 +38,8 @@ class DataParams(Section):
     min_duration_s: float
     silence_peak: float
     workers: int
-    executor: Literal["process", "serial"]
+    executor: Literal["process", "serial", "ray"]
+    ray_address: Optional[str]
     download: DownloadParams
 
 
@@ -57,6 +58,14 @@ class AudioParams(Section):
 class WhisperParams(Section):
     model_dir: Optional[str]
     compute_type: Literal["int8", "int8_float32", "float32", "float16", "int16"]
+    layers: list[int]
+
+    @field_validator("layers")
+    @classmethod
+    def _depths(cls, layers: list[int]) -> list[int]:
+        if not layers or layers != sorted(set(layers)) or layers[0] < 1:
+            raise ValueError("encoder depths from 1 up, ascending, each once (e.g. [3, 6])")
+        return layers
     pad_seconds: float
     frame_pool: int
     threads: int
@@ -73,8 +82,9 @@ class FeatureParams(Section):
     contrast_fmin: float
     contrast_bands: int
     cache_dir: Optional[str]
-    executor: Literal["process", "serial"]
+    executor: Literal["process", "serial", "ray"]
     workers: int
+    ray_address: Optional[str]
     whisper: WhisperParams
 
 
@@ -263,6 +273,91 @@ class ServeParams(Section):
     path_root: Optional[str]
 
 
+# --- tune (ser tune: hyper-parameter search) ----------------------------------------------------
+
+class LogUniform(Section):
+    loguniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        low, high = self.loguniform
+        if not 0 < low < high:
+            raise ValueError(f"loguniform needs 0 < low < high, got {list(self.loguniform)}")
+        return self
+
+
+class Uniform(Section):
+    uniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.uniform[0] < self.uniform[1]:
+            raise ValueError(f"uniform needs low < high, got {list(self.uniform)}")
+        return self
+
+
+class IntRange(Section):
+    bounds: tuple[int, int] = Field(alias="int")  # both ends included
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.bounds[0] < self.bounds[1]:
+            raise ValueError(f"int needs low < high, got {list(self.bounds)}")
+        return self
+
+
+class Choice(Section):
+    choice: list[Any] = Field(min_length=1)
+
+
+Distribution = Union[LogUniform, Uniform, IntRange, Choice]
+
+
+class AshaParams(Section):
+    grace_period: int
+    reduction_factor: int
+
+
+class TuneParams(Section):
+    model_type: Optional[str]
+    num_samples: int = Field(ge=1)
+    max_concurrent: int = Field(ge=1)
+    cpus_per_trial: int = Field(ge=1)
+    num_cpus: int = Field(ge=0)
+    seed: int
+    startup_trials: int = Field(ge=0)
+    metric: Literal["uar", "macro_f1", "accuracy"]
+    include_current: bool
+    scheduler: Literal["fifo", "asha"]
+    asha: AshaParams
+    experiment: str
+    best_params: str
+    best_args: str
+    ray_dir: str
+    space: dict[str, dict[str, Distribution]]
+
+    @model_validator(mode="after")
+    def _known_keys(self):
+        """A search over a key the model does not have would silently tune nothing."""
+        blocks = {name: field.annotation for name, field in ModelParams.model_fields.items()
+                  if name not in ("type", "features")}
+        problems = [] if self.model_type is None or self.model_type in blocks else [
+            f"model_type: unknown model type {self.model_type!r} (one of {', '.join(blocks)})"]
+        for model_type, keys in self.space.items():
+            if model_type not in blocks:
+                problems.append(f"space.{model_type}: unknown model type (one of {', '.join(blocks)})")
+                continue
+            for key in keys:
+                if key not in blocks[model_type].model_fields:
+                    problems.append(f"space.{model_type}.{key}: model.{model_type} has no key {key!r}")
+                elif key == "input":  # the features are loaded once per search, before the trials
+                    problems.append(f"space.{model_type}.input: a search keeps its input; compare inputs "
+                                    "with dvc exp run -S model.<type>.input=...")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class Params(Section):
     data: DataParams
     audio: AudioParams
@@ -275,6 +370,7 @@ class Params(Section):
     mlflow: MlflowParams
     predict: PredictParams
     serve: ServeParams
+    tune: TuneParams
 
 
 SECTIONS: dict[str, type[Section]] = {name: field.annotation for name, field in Params.model_fields.items()}

@@ -326,6 +326,18 @@ def fit_final(data: LabelledData, model_type: str, type_params: dict[str, Any], 
 
 
 # ---- training ---------------------------------------------------------------------------------
+def folded_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any],
+                feature_input: str) -> tuple[LabelledData, pd.DataFrame]:
+    """The labelled data and its folds (``split``), augmented copies placed with their sources:
+    what every cross-validation of these params (training, a tuning trial) scores on."""
+    data = labelled_data(metadata, inputs, augmented, params["train"], feature_input)
+    folds = splits.assign_folds(data.clips, params["split"]["protocol"], int(params["split"]["n_folds"]),
+                                int(params["split"]["seed"]), labels=pd.Series([data.classes[i] for i in data.y]))
+    if data.copies is not None:
+        data.keep_placed_copies(splits.augmented_folds(folds, data.copies))
+    return data, folds
+
+
 @dataclass
 class TrainResult:
     oof: pd.DataFrame
@@ -349,11 +361,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
     model_type = model_params["type"]
     feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
     protocol = params["split"]["protocol"]
-    data = labelled_data(metadata, inputs, augmented, params["train"], feature_input)
-    folds = splits.assign_folds(data.clips, protocol, int(params["split"]["n_folds"]), int(params["split"]["seed"]),
-                                labels=pd.Series([data.classes[i] for i in data.y]))
-    if data.copies is not None:
-        data.keep_placed_copies(splits.augmented_folds(folds, data.copies))
+    data, folds = folded_data(metadata, inputs, augmented, params, feature_input)
     run = TrainingRun(tracking, data.clips, {"model_type": model_type, "feature_input": feature_input,
                                              "protocol": protocol, "speaker_dependent": protocol == "random"},
                       params["train"]["target"])

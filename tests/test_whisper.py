@@ -17,6 +17,7 @@ import pytest
 from ser.audio import load_audio
 from ser.features import compute_features, extract, load_sequences, load_table, set_params_hash
 from ser.features import whisper
+from ser.features.ct2_layers import encoder_depth
 from ser.models import MODELS, ModelBundle
 from ser.train import load_model_inputs
 
@@ -62,6 +63,39 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path):
         whisper.model_folder({**WHISPER, "model_dir": str(tmp_path)})
 
 
+def test_a_shallower_encoder_is_cut_once_from_the_verified_model_and_checked(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SER_MODEL_CACHE", str(tmp_path))
+    base, _ = whisper.model_folder(WHISPER)
+    assert encoder_depth(base / "model.bin") == 6
+    folder, expected = whisper.depth_folder(WHISPER, 3)
+    assert folder != base and encoder_depth(folder / "model.bin") == 3
+    assert whisper.sha256_of(folder / "model.bin") == expected
+    assert (folder / "config.json").is_file()
+    mtime = (folder / "model.bin").stat().st_mtime_ns
+    assert whisper.depth_folder(WHISPER, 3) == (folder, expected)            # cut once
+    assert (folder / "model.bin").stat().st_mtime_ns == mtime
+    assert whisper.depth_folder(WHISPER, 6) == whisper.model_folder(WHISPER)  # the full depth is the model
+    with pytest.raises(whisper.WhisperModelError, match="depth 7; .* has 6 encoder layers"):
+        whisper.depth_folder(WHISPER, 7)
+    with open(folder / "model.bin", "r+b") as handle:
+        handle.seek(-1000, 2)
+        byte = handle.read(1)
+        handle.seek(-1000, 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(whisper.WhisperModelError, match=r"depth3/model\.bin: sha256 .* does not match"):
+        whisper.load_model({**WHISPER, "layers": [3], "threads": 2})
+
+
+def test_each_depth_is_pooled_and_the_deepest_feeds_the_frames(ravdess_clips):
+    y = load_audio(ravdess_clips[1], AUDIO)
+    both = extract(y, FEATURES, ["whisper"], AUDIO)
+    alone = {depth: extract(y, {**FEATURES, "whisper": {**WHISPER, "layers": [depth]}}, ["whisper"], AUDIO)
+             for depth in (3, 6)}
+    np.testing.assert_array_equal(both["whisper"], np.concatenate([alone[3]["whisper"], alone[6]["whisper"]]))
+    np.testing.assert_array_equal(both["whisper_frames"], alone[6]["whisper_frames"])
+    assert not np.allclose(alone[3]["whisper"], alone[6]["whisper"])  # another layer, other numbers
+
+
 def test_log_mel_matches_whisper_conventions():
     t = np.arange(16000) / 16000
     mel = whisper.log_mel(0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32))
@@ -73,7 +107,7 @@ def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
     y = load_audio(ravdess_clips[0], AUDIO)
     first = extract(y, FEATURES, ["whisper"], AUDIO)
     second = extract(y, FEATURES, ["whisper"], AUDIO)
-    assert first["whisper"].shape == (1024,) and first["whisper"].dtype == np.float32
+    assert first["whisper"].shape == (1024 * len(WHISPER["layers"]),) and first["whisper"].dtype == np.float32
     assert first["whisper_frames"].shape == (75, 512) and first["whisper_frames"].dtype == np.float16
     np.testing.assert_array_equal(first["whisper"], second["whisper"])
     np.testing.assert_array_equal(first["whisper_frames"], second["whisper_frames"])
@@ -101,7 +135,7 @@ def test_long_and_short_signals_are_encoded_whole():
 
 def test_cache_key_names_the_encoder_and_its_settings():
     base = set_params_hash("whisper", AUDIO, FEATURES)
-    for change in ({"compute_type": "float32"}, {"pad_seconds": 4.0}, {"frame_pool": 1}):
+    for change in ({"compute_type": "float32"}, {"pad_seconds": 4.0}, {"frame_pool": 1}, {"layers": [2, 6]}):
         other = {**FEATURES, "whisper": {**FEATURES["whisper"], **change}}
         assert set_params_hash("whisper", AUDIO, other) != base
     assert set_params_hash("whisper", AUDIO, {**FEATURES, "whisper": {**FEATURES["whisper"], "threads": 2}}) == base
@@ -118,7 +152,8 @@ def test_tiny_end_to_end_run_with_the_encoder_set(ravdess_clips, tmp_path: Path)
     summary = compute_features(metadata, tmp_path / "features", AUDIO, params, root=REPO, progress=False)
     assert summary["clips"] == len(ids) and summary["failed"] == 0 and summary["whisper_frames"] == 75
     table = load_table(tmp_path / "features", "whisper")
-    assert list(table.index) == sorted(ids) and table.shape[1] == 1024
+    assert list(table.index) == sorted(ids) and table.shape[1] == 1024 * len(WHISPER["layers"])
+    assert list(table.columns[:1]) == [f"whisper_l{WHISPER['layers'][0]}_mean_0000"]
     order, frames = load_sequences(tmp_path / "features", "whisper_frames")
     assert order == sorted(ids) and frames.shape == (len(ids), 75, 512) and frames.dtype == np.float16
     # Cached: a second run computes nothing.

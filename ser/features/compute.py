@@ -36,7 +36,8 @@ from ser.features.egemaps import EGEMAPS_NAMES
 from ser.features.extraction import KINDS_OF_SET, check_sets, extract, set_params_hash
 from ser.features.functionals import functional_names
 from ser.features.sequences import n_frames, sequence_dims
-from ser.features.whisper import frame_count, model_folder, whisper_names, whisper_params
+from ser.features.whisper import depth_folder, frame_count, layers_of, whisper_names, whisper_params
+from ser.ray_executor import ray_options
 
 _WRITE_CHUNK = 256
 # Facts about a run, not about its outputs: returned (for the stage's log line) but kept out of
@@ -147,7 +148,8 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
     """
     sets = check_sets(feature_params["sets"])
     if "whisper" in sets:
-        model_folder(whisper_params(feature_params))  # join/verify the weights once, before any worker
+        for depth in layers_of(whisper_params(feature_params)):  # join/verify/cut the weights once, before any worker
+            depth_folder(whisper_params(feature_params), depth)
     hashes = {name: set_params_hash(name, audio_params, feature_params) for name in sets}
     present = {name: set.intersection(*(cache.present(kind, hashes[name]) for kind in KINDS_OF_SET[name]))
                for name in sets}
@@ -211,7 +213,8 @@ def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: di
     columns = {"functionals": functional_names(feature_params), "egemaps": list(EGEMAPS_NAMES)}
     if "whisper" in sets and good:
         first = cache.get_many("whisper", hashes["whisper"], [good[0][1]])[good[0][1]]
-        columns["whisper"] = whisper_names(len(first) // 2)
+        layers = layers_of(whisper_params(feature_params))
+        columns["whisper"] = whisper_names(len(first) // (2 * len(layers)), layers)
     for name in (s for s in sets if s in store.TABLE_SETS):
         writer = store.TableWriter(out_dir / f"{name}.parquet", columns.get(name, []))
         try:
@@ -261,12 +264,15 @@ def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audi
     in ``failures.parquet`` with their problem. ``root`` resolves relative metadata paths
     (the repository root); ``cache_dir`` overrides ``features.cache_dir``.
     """
-    root = Path(root)
+    # Absolute, so that the jobs mean the same file to a worker whatever its working directory
+    # (a Ray worker on another machine); failure messages strip it again (_portable).
+    root = Path(root).absolute()
     out_dir = Path(out_dir)
     clips = ok_clips(metadata_df)
     paths = dict(zip(clips["pcm_sha256"], (resolve_path(p, root) for p in clips["path"])))
     entries = list(zip(clips["utterance_id"], clips["pcm_sha256"]))
-    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]))
+    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]),
+                                         **ray_options(feature_params))
 
     def make_job(key: str, missing: tuple[str, ...]) -> ClipJob:
         return ClipJob(key, paths[key], missing, audio_params, feature_params)
