@@ -188,6 +188,11 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
 
 
+def _workers(pool: ProcessPoolExecutor) -> list:
+    """The pool's worker processes (none once shut down, which forgets them)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _abandon(pool: ProcessPoolExecutor) -> None:
     """Kill ``pool``'s workers and let its manager thread finish without them.
 
@@ -198,7 +203,7 @@ def _abandon(pool: ProcessPoolExecutor) -> None:
     Closing our write end turns that wait into an end-of-file once the workers are dead, which
     the pool reports as broken. Only for a pool that takes no more work: new workers inherit
     that end."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    for process in _workers(pool):
         process.kill()
     queue = getattr(pool, "_result_queue", None)
     writer = getattr(queue, "_writer", None)
@@ -216,7 +221,7 @@ def _close(pool: ProcessPoolExecutor, abandon: bool) -> None:
 
 def _exit_status(pool: ProcessPoolExecutor) -> str:
     """How a broken pool's worker died (read before shutdown, which forgets the processes)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    processes = _workers(pool)
     deadline = time.monotonic() + 5
     # The pool's manager thread reaps the workers too. When it wins the race, our own wait finds
     # no child left and the exit code appears on the shared process object a moment later.
@@ -250,8 +255,7 @@ def _wait_for_some(pool: ProcessPoolExecutor, futures) -> tuple[set[Future], boo
         done, _ = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
         if done:
             return done, abandoned
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        if abandoned or all(process.is_alive() for process in processes):
+        if abandoned or all(process.is_alive() for process in _workers(pool)):
             dead_since = None
         elif dead_since is None:
             dead_since = time.monotonic()
@@ -281,8 +285,12 @@ class _Deaths:
     def died(self, status: str) -> None:
         self.in_a_row += 1
         if self.in_a_row >= MAX_DEATHS_IN_A_ROW:
-            raise RuntimeError(f"{WORKER_DIED} {self.in_a_row} times in a row with no work finished "
-                               f"in between (last: {status}); the workers cannot run at all")
+            raise RuntimeError(self.hopeless(status))
+
+    def hopeless(self, status: str) -> str:
+        """The error that stops the run, ``status`` being how the last death happened."""
+        return (f"{WORKER_DIED} {self.in_a_row} times in a row with no work finished "
+                f"in between (last: {status}); the workers cannot run at all")
 
 
 class ProcessExecutor(Executor):

@@ -43,8 +43,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ser.executor import (MAX_DEATHS_IN_A_ROW, WORKER_DIED, Executor, Outcome, _describe, _run_batch,
-                          cpu_count, use_private_numba_cache)
+from ser.executor import (WORKER_DIED, Executor, Outcome, _Deaths, _describe, _run_batch, cpu_count,
+                          use_private_numba_cache)
 
 # Batches in flight per cluster CPU: one running, one queued on its node so no CPU waits for the
 # driver between tasks.
@@ -85,24 +85,22 @@ def _lost_work(ray) -> tuple[type[BaseException], ...]:
             errors.OutOfMemoryError, errors.LocalRayletDiedError, errors.RaySystemError)
 
 
-class _Streak:
+class _Streak(_Deaths):
     """Ray tasks that came back without results since one last came back with them. Past
     :data:`~ser.executor.MAX_DEATHS_IN_A_ROW` the workers cannot run the work at all (``ser``
     missing or different on a node, a worker that crashes on start), and failing every clip of
     the corpus one by one would hide that."""
 
-    def __init__(self) -> None:
-        self.in_a_row = 0
-
-    def survived(self) -> None:
-        self.in_a_row = 0
+    how = ""
 
     def failed(self, how: str, reason: str) -> None:
-        self.in_a_row += 1
-        if self.in_a_row >= MAX_DEATHS_IN_A_ROW:
-            raise RuntimeError(f"{self.in_a_row} Ray tasks in a row {how}, with no work finished in between "
-                               f"(last: {reason}); the workers cannot run at all: is the same environment, "
-                               "with ser installed, on every node?")
+        self.how = how
+        self.died(reason)
+
+    def hopeless(self, reason: str) -> str:
+        return (f"{self.in_a_row} Ray tasks in a row {self.how}, with no work finished in between "
+                f"(last: {reason}); the workers cannot run at all: is the same environment, "
+                "with ser installed, on every node?")
 
 
 def _summary(error: BaseException) -> str:
@@ -113,28 +111,33 @@ def _summary(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _local_start(ray) -> Iterator[None]:
-    """While this process starts a Ray instance of its own.
+def loopback_only() -> Iterator[None]:
+    """While this process starts a Ray instance of its own, or joins one on this machine's loopback.
 
-    Loopback only: Ray on Linux replaces 127.0.0.1 by the machine's outward address and then
-    listens on every interface, unless its single-machine switch is off (what
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` does when ray is imported), in which case it keeps
-    127.0.0.1 and binds there. Ray reads the switch from its module while it starts, so it is
-    flipped for ``ray.init`` only: a later connection to a real cluster from this process is
-    unaffected. And quiet: Ray turns token authentication on for an instance it starts and
-    says so at WARNING level on every start.
+    Ray on Linux replaces 127.0.0.1 by the machine's outward address and then listens on every
+    interface (or, joining, waits for a GCS that does not listen there), unless its single-machine
+    switch is off: what ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` does when ray is imported, and what
+    the processes Ray starts read from their environment. Ray reads the switch from its module
+    while it starts, so both are flipped for ``ray.init`` only: a later connection to a real
+    cluster from this process is unaffected. And quiet: Ray turns token authentication on for an
+    instance it starts and says so at WARNING level on every start.
     """
     from ray._private import ray_constants
 
-    saved = ray_constants.ENABLE_RAY_CLUSTER
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
     auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
     saved_level = auth_log.level
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     auth_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
         auth_log.setLevel(saved_level)
 
 
@@ -187,7 +190,7 @@ class RayExecutor(Executor):
             return True
         # "local" explicitly: with no address ray.init would join whatever cluster was started
         # last on this machine (/tmp/ray/ray_current_cluster), someone else's included.
-        with _local_start(ray):
+        with loopback_only():
             ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
                      logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
         return True

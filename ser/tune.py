@@ -56,6 +56,7 @@ from ray import tune as ray_tune
 from ser.metrics import METRICS, mean_std
 from ser.models import is_keras, resolve_feature_input
 from ser.params import ParamsError, flatten, validate_section
+from ser.ray_executor import loopback_only
 from ser.tracking import TrainingRun, loggable_params, retry, run_tags, use_experiment
 from ser.train import LabelledData, ModelInputs, fit_fold, folded_data
 
@@ -357,26 +358,6 @@ def write_best(fragment: dict[str, Any], args: list[str], params_path: Path, arg
 
 
 # ---- Ray ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
-    """While a local Ray starts: its node address is 127.0.0.1, so GCS, raylet and workers listen
-    on loopback only. Ray picks the machine's routable address otherwise (it even turns an explicit
-    127.0.0.1 into it); its single-machine mode (the one Windows and macOS get) keeps loopback."""
-    from ray._private import ray_constants
-
-    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved_env
-
-
 def _is_loopback(address: str) -> bool:
     import ipaddress
 
@@ -406,13 +387,13 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[str]:
         ship = {"py_modules": [str(Path(__file__).resolve().parent)], "excludes": ["__pycache__"]}
         # A cluster on this machine's loopback is only reachable as such: left to itself, Ray rewrites
         # 127.0.0.1 into the machine's routable address and waits for a GCS that does not listen there.
-        with _loopback_only() if _is_loopback(address) else contextlib.nullcontext():
+        with loopback_only() if _is_loopback(address) else contextlib.nullcontext():
             ray.init(address=address, runtime_env=ship, **quiet)
         description = f"Ray cluster {address}"
     else:
         # Ray's socket paths live under its temp dir and must stay short: not the project folder.
         scratch = tempfile.mkdtemp(prefix="ser-ray-")
-        with _loopback_only():
+        with loopback_only():
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      _temp_dir=scratch, **quiet)
         description = f"local Ray on 127.0.0.1 ({num_cpus or os.cpu_count()} cores)"
