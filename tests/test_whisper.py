@@ -96,6 +96,16 @@ def test_each_depth_is_pooled_and_the_deepest_feeds_the_frames(ravdess_clips):
     assert not np.allclose(alone[3]["whisper"], alone[6]["whisper"])  # another layer, other numbers
 
 
+def test_params_from_before_layers_existed_mean_the_last_layer(ravdess_clips):
+    """A model registered before features.whisper.layers keeps predicting on what it was trained on."""
+    y = load_audio(ravdess_clips[2], AUDIO)
+    old = {key: value for key, value in WHISPER.items() if key != "layers"}
+    assert whisper.layers_of(old) == [6]
+    np.testing.assert_array_equal(extract(y, {**FEATURES, "whisper": old}, ["whisper"], AUDIO)["whisper"],
+                                  extract(y, {**FEATURES, "whisper": {**WHISPER, "layers": [6]}}, ["whisper"],
+                                          AUDIO)["whisper"])
+
+
 def test_log_mel_matches_whisper_conventions():
     t = np.arange(16000) / 16000
     mel = whisper.log_mel(0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32))
@@ -126,8 +136,8 @@ def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
 def test_long_and_short_signals_are_encoded_whole():
     rng = np.random.default_rng(0)
     long = (0.1 * rng.standard_normal(16000 * 40)).astype(np.float32)   # over one 30 s window
-    frames = whisper.encode_frames(long, 16000, FEATURES)
-    assert len(frames) == 2000                                           # 50 per second, both windows
+    for frames in whisper.encode_layers(long, 16000, FEATURES).values():
+        assert len(frames) == 2000                                       # 50 per second, both windows
     short = whisper.whisper_features(long[:1600], 16000, AUDIO, FEATURES)
     assert np.isfinite(short["whisper"]).all()
     assert not short["whisper_frames"][5:].any()                         # zero-padded at the end

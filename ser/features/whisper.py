@@ -168,7 +168,13 @@ def _user_model_hash(folder: str, mtime_ns: int) -> str:
 
 
 def layers_of(params: dict[str, Any]) -> list[int]:
-    """``features.whisper.layers``, checked: encoder depths from 1, ascending, no repeats."""
+    """``features.whisper.layers``, checked: encoder depths from 1, ascending, no repeats.
+
+    Models logged before ``layers`` existed carry whisper params without it; their features are
+    the whole encoder's last layer, so that is what they get."""
+    if "layers" not in params:
+        folder, _ = model_folder(params)
+        return [_full_depth(str(folder / "model.bin"), (folder / "model.bin").stat().st_mtime_ns)]
     layers = [int(depth) for depth in params["layers"]]
     if not layers or layers != sorted(set(layers)) or layers[0] < 1:
         raise ValueError(f"features.whisper.layers={params['layers']}: give encoder depths from 1 up, "
@@ -305,11 +311,6 @@ def encode_layers(y: np.ndarray, sample_rate: int, feature_params: dict) -> dict
             speech = min(len(frames), max(1, int(np.ceil(len(piece) / HOP / 2))))
             parts[depth].append(frames[:speech])
     return {depth: np.concatenate(frames) for depth, frames in parts.items()}
-
-
-def encode_frames(y: np.ndarray, sample_rate: int, feature_params: dict) -> np.ndarray:
-    """The frames of the deepest of ``layers`` (see :func:`encode_layers`)."""
-    return encode_layers(y, sample_rate, feature_params)[layers_of(whisper_params(feature_params))[-1]]
 
 
 def frame_count(audio_params: dict, feature_params: dict) -> int:
