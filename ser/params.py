@@ -144,6 +144,7 @@ class TrainParams(Section):
 
 class CrossCorpusParams(Section):
     emotions: list[str]
+    train_on: Literal["all", "shared"]
     transductive: bool
 
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     metadata = pd.read_parquet(args.metadata)
     settings = params["cross_corpus"]
     summary = cross_corpus(metadata, inputs, augmented, params, settings["emotions"],
-                           transductive=bool(settings["transductive"]))
+                           transductive=bool(settings["transductive"]), train_on=settings["train_on"])
     summary["feature_input"] = feature_input
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -120,6 +120,9 @@ def test_gate_exit_status_against_the_committed_metrics(tmp_path):
                  "per_corpus": {"ravdess": {"uar": 0.70}, "tess": {"uar": 0.74}, "savee": {"uar": 0.72}}}
     metrics = tmp_path / "metrics" / "evaluate.json"
     metrics.write_text(json.dumps(committed))
+    loco = {"protocol": "leave_one_corpus_out", "headline": {"mean_uar": 0.60}}
+    loco_metrics = tmp_path / "metrics" / "cross_corpus.json"
+    loco_metrics.write_text(json.dumps(loco))
     run(["git", "init", "-q"], tmp_path, env)
     run(["git", "add", "-A"], tmp_path, env)
     run(["git", "commit", "-q", "-m", "baseline"], tmp_path, env)
@@ -128,3 +131,12 @@ def test_gate_exit_status_against_the_committed_metrics(tmp_path):
     metrics.write_text(json.dumps({**committed, "uar": 0.67}))
     failed = subprocess.run(gate, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert failed.returncode == 1 and "uar: 0.6700 < committed 0.7200" in failed.stderr
+    # the leave-one-corpus-out figure is gated too, against its own committed value
+    metrics.write_text(json.dumps(committed))
+    loco_metrics.write_text(json.dumps({**loco, "headline": {"mean_uar": 0.56}}))
+    failed = subprocess.run(gate, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "metrics/cross_corpus.json: headline.mean_uar: 0.5600 < committed 0.6000" in failed.stderr
+    loco_metrics.unlink()
+    failed = subprocess.run(gate, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert failed.returncode == 1 and "metrics/cross_corpus.json was not produced" in failed.stderr

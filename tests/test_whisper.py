@@ -88,12 +88,14 @@ def test_a_shallower_encoder_is_cut_once_from_the_verified_model_and_checked(tmp
 
 def test_each_depth_is_pooled_and_the_deepest_feeds_the_frames(ravdess_clips):
     y = load_audio(ravdess_clips[1], AUDIO)
-    both = extract(y, FEATURES, ["whisper"], AUDIO)
+    depths = FEATURES["whisper"]["layers"]  # the default, several depths
+    assert len(depths) >= 2
+    every = extract(y, FEATURES, ["whisper"], AUDIO)
     alone = {depth: extract(y, {**FEATURES, "whisper": {**WHISPER, "layers": [depth]}}, ["whisper"], AUDIO)
-             for depth in (3, 6)}
-    np.testing.assert_array_equal(both["whisper"], np.concatenate([alone[3]["whisper"], alone[6]["whisper"]]))
-    np.testing.assert_array_equal(both["whisper_frames"], alone[6]["whisper_frames"])
-    assert not np.allclose(alone[3]["whisper"], alone[6]["whisper"])  # another layer, other numbers
+             for depth in depths}
+    np.testing.assert_array_equal(every["whisper"], np.concatenate([alone[d]["whisper"] for d in depths]))
+    np.testing.assert_array_equal(every["whisper_frames"], alone[depths[-1]]["whisper_frames"])
+    assert not np.allclose(alone[depths[0]]["whisper"], alone[depths[-1]]["whisper"])  # another layer, other numbers
 
 
 def test_params_from_before_layers_existed_mean_the_last_layer(ravdess_clips):

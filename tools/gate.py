@@ -3,7 +3,8 @@
 Runs the real pipeline with the default params (``dvc repro``), prints ``dvc metrics diff
 HEAD``, and exits non-zero when a metric of ``metrics/evaluate.json`` falls below the committed
 value (``git show HEAD:metrics/evaluate.json``) by more than its tolerance in
-``metrics/thresholds.yaml``, or under its floor there.
+``metrics/thresholds.yaml``, or under its floor there. Each entry of ``also`` in that file holds
+the same checks for another metrics file (the leave-one-corpus-out figure).
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def check(current: dict[str, Any], baseline: dict[str, Any] | None, thresholds: 
     return failures
 
 
+def check_file(path: str, thresholds: dict[str, Any], revision: str) -> list[str]:
+    """``check`` for another metrics file of the pipeline, named in the failures."""
+    if not Path(path).is_file():
+        return [f"{path} was not produced"]
+    current = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [f"{path}: {failure}" for failure in check(current, committed_metrics(path, revision), thresholds)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/gate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate: no {args.metrics} at {args.baseline_rev}; only the floors apply (commit the metrics "
               "to set the baseline)")
     failures = check(current, baseline, thresholds)
+    for other in thresholds.get("also") or []:
+        failures += check_file(other["file"], other, args.baseline_rev)
     summary = ", ".join(f"{k}={lookup(current, k):.4f}" for k in METRICS
                         if lookup(current, k) is not None)
     if failures:
