@@ -39,7 +39,8 @@ def scratch_project(root: Path) -> None:
     params["split"].update(n_folds=3, val_speakers_fraction=0.2)
     params["model"]["mlp"].update(hidden_layer_sizes=[16], max_iter=10)
     params["model"]["svm"].update(C=1.0)
-    params["model"]["logreg"].update(input="both")  # the generated data has functionals + eGeMAPS only
+    for family in ("logreg", "svm", "mlp", "random_forest", "decision_tree"):
+        params["model"][family].update(input="both")  # the generated data has functionals + eGeMAPS only
     params["mlflow"].update(experiment="ser-exp-test", registered_model="ser-emotion-exp-test")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("/data/*\n/mlflow.db\n/mlartifacts/\n")

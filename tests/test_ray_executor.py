@@ -204,7 +204,8 @@ class TaskWatch(threading.Thread):
 # ---- real clips, the process pool's outputs as the reference --------------------------------
 
 RAVDESS_CLIPS, TESS_CLIPS = 20, 12
-STAGE_FEATURES = {**PARAMS["features"], "cache_dir": None, "workers": 2}
+STAGE_FEATURES = {**PARAMS["features"], "cache_dir": None, "workers": 2,
+                  "sets": ["functionals", "egemaps", "sequences", "whisper"]}  # every set through Ray
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def tracked_run(tmp_path_factory):
                "speaker_norm": "none", "seed": 0},
         mlflow={"experiment": "ser-tracking-test", "registered_model": "ser-emotion-test"})
     params["model"].update({"type": "svm", "features": "auto",
-                            "svm": {**params["model"]["svm"], "C": 10.0, "gamma": "scale"}})
+                            "svm": {**params["model"]["svm"], "C": 10.0, "gamma": "scale", "input": "both"}})
     settings = tracking.RunSettings(
         uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="ser-tracking-test", registered_model="ser-emotion-test",
         run_name="svm-exp-under-test", logged_params={**params, "extra": {"note": 1}},

@@ -103,7 +103,7 @@ def test_train_writes_the_data_train_contract(tmp_path):
     metadata = generated_metadata()
     metadata.loc[3, "status"] = "quarantined"
     inputs, copies = generated_inputs(metadata)
-    result = train(metadata, inputs, copies, small_params("svm"), tmp_path)
+    result = train(metadata, inputs, copies, small_params("svm", input="both"), tmp_path)
 
     oof = pd.read_parquet(tmp_path / "oof_predictions.parquet")
     assert list(oof.columns[:5]) == ["utterance_id", "corpus", "fold", "y_true", "y_pred"]

