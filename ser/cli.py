@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="table/csv: also print each window of long recordings")
     predict.add_argument("--window-s", type=float, default=None, help="window length (default: predict.window_s)")
     predict.add_argument("--hop-s", type=float, default=None, help="window hop (default: predict.hop_s)")
+    predict.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                         help="answer 'uncertain' (probabilities still shown) when the top probability is under P "
+                              "(default: predict.min_confidence; 0 = always answer)")
     predict.add_argument("--normalize-by", choices=("folder",), default=None,
                          help="for a model trained with train.speaker_norm: speaker (transductive): standardize "
                               "each folder's recordings together, one speaker per folder")
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str | None, params: dict, window_s: float | None = None, hop_s: float | None = None):
+def _load(model: str | None, params: dict, window_s: float | None = None, hop_s: float | None = None,
+          min_confidence: float | None = None):
     from pathlib import Path
 
     if model is not None and (Path(model) / "bundle.json").is_file():
@@ -89,7 +93,7 @@ def _load(model: str | None, params: dict, window_s: float | None = None, hop_s:
         predictor, description = load_bundle_predictor(model, params["predict"]), f"bundle {model}"
     else:
         from ser import project
-        from ser.pyfunc import load_predictor
+        from ser.tracking import load_predictor  # not ser.pyfunc: that imports mlflow.pyfunc
 
         predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
                                                 registered_model=params["mlflow"]["registered_model"],
@@ -98,6 +102,8 @@ def _load(model: str | None, params: dict, window_s: float | None = None, hop_s:
         predictor.window_s = window_s
     if hop_s is not None:
         predictor.hop_s = hop_s
+    threshold = params["predict"]["min_confidence"] if min_confidence is None else min_confidence
+    predictor.min_confidence = threshold or None
     return predictor, description
 
 
@@ -150,7 +156,7 @@ def write_csv(predictions, classes: Sequence[str], windows: bool, out) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     try:
-        predictor, _ = _load(args.model, _project_params(), args.window_s, args.hop_s)
+        predictor, _ = _load(args.model, _project_params(), args.window_s, args.hop_s, args.min_confidence)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser predict: {exc}", file=sys.stderr)
         return 2

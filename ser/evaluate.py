@@ -109,11 +109,59 @@ def plot_per_class(report: dict[str, dict[str, float]], title: str = "Per-class 
     return fig
 
 
+def plot_reliability(table: list[dict[str, Any]], title: str) -> Figure:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration), with how many
+    clips each bin holds."""
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=(3, 1), sharex=True)
+    used = [row for row in table if row["count"]]
+    centres = [(row["low"] + row["high"]) / 2 for row in table]
+    width = table[0]["high"] - table[0]["low"]
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    ax.bar([(r["low"] + r["high"]) / 2 for r in used], [r["accuracy"] for r in used], width=width * 0.9,
+           color="tab:blue", alpha=0.7, label="accuracy in the bin")
+    ax.plot([r["confidence"] for r in used], [r["accuracy"] for r in used], "o", color="tab:orange",
+            label="(mean confidence, accuracy)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title)
+    ax_count.bar(centres, [row["count"] for row in table], width=width * 0.9, color="tab:grey")
+    ax_count.set_xlabel("confidence (top probability)")
+    ax_count.set_ylabel("clips")
+    ax_count.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+COVERAGE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def calibration_report(oof: pd.DataFrame, classes: list[str], cross_corpus: dict[str, Any] | None,
+                       temperature: float) -> dict[str, Any]:
+    """The content of ``metrics/calibration.json``: in-corpus ECE before and after temperature
+    scaling (each fold's rows rescaled by a temperature fitted on the other folds), coverage at
+    confidence thresholds, the reliability table, and the cross-corpus figure's ECE."""
+    from ser.calibration import summary
+
+    labels = pd.Index(classes).get_indexer(oof["y_true"].astype(str))
+    in_corpus = summary(oof[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64), labels,
+                        oof["fold"].to_numpy(), classes, COVERAGE_THRESHOLDS)
+    report = {"protocol": "speaker-independent folds (in_corpus); leave-one-corpus-out, 4 classes (cross_corpus)",
+              "bins": len(in_corpus["reliability"]), "deployed_temperature": temperature,
+              "in_corpus": {key: in_corpus[key] for key in ("ece_before", "ece", "temperatures")},
+              "coverage": in_corpus["coverage"], "reliability": in_corpus["reliability"]}
+    if cross_corpus is not None:
+        report["cross_corpus"] = cross_corpus["headline"]["calibration"]
+    return report
+
+
 # ---- the stage's work ------------------------------------------------------------------------------
 def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plots_dir: str | os.PathLike,
-             protocol: str | None = None) -> tuple[dict[str, Any], str]:
-    """Write ``metrics_path`` and the plots from ``train_dir``; returns the summary and the
-    per-class text report (``ser.tracking.log_evaluation`` adds both to the training run)."""
+             protocol: str | None = None, calibration_path: str | os.PathLike | None = None,
+             cross_corpus_path: str | os.PathLike | None = None) -> tuple[dict[str, Any], str]:
+    """Write ``metrics_path`` and the plots from ``train_dir`` (and ``calibration_path`` with the
+    cross-corpus ECE of ``cross_corpus_path``); returns the summary and the per-class text report
+    (``ser.tracking.log_evaluation`` adds both to the training run)."""
     train_dir, metrics_path, plots_dir = Path(train_dir), Path(metrics_path), Path(plots_dir)
     oof = pd.read_parquet(train_dir / "oof_predictions.parquet")
     classes = json.loads((train_dir / "classes.json").read_text(encoding="utf-8"))
@@ -146,6 +194,14 @@ def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plot
         "curves.png": plot_curves(history),
         "per_class.png": plot_per_class(summary["per_class"]),
     }
+    if calibration_path is not None:
+        cross = (json.loads(Path(cross_corpus_path).read_text(encoding="utf-8"))
+                 if cross_corpus_path is not None and Path(cross_corpus_path).is_file() else None)
+        calibration = calibration_report(oof, classes, cross, float(info.get("temperature", 1.0)))
+        Path(calibration_path).write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
+        figures["reliability.png"] = plot_reliability(
+            calibration["reliability"], f"Reliability after temperature scaling (ECE {calibration['in_corpus']['ece']:.3f}, "
+                                        f"before {calibration['in_corpus']['ece_before']:.3f})")
     for name, figure in figures.items():
         figure.savefig(plots_dir / name, dpi=110)
         plt.close(figure)

@@ -34,7 +34,7 @@ class DownloadParams(Section):
 
 
 class DataParams(Section):
-    corpora: list[Literal["ravdess", "tess", "cremad", "savee", "emodb"]]
+    corpora: list[Literal["ravdess", "tess", "cremad", "savee", "emodb", "emovo", "eyase"]]
     min_duration_s: float
     silence_peak: float
     workers: int
@@ -57,7 +57,7 @@ class AudioParams(Section):
 
 class WhisperParams(Section):
     model_dir: Optional[str]
-    compute_type: Literal["int8", "int8_float32", "float32", "float16", "int16"]
+    compute_type: Literal["int8", "float32"]
     layers: list[int]
 
     @field_validator("layers")
@@ -137,7 +137,8 @@ class TrainParams(Section):
     target: Literal["emotion", "gender", "emotion_gender"]
     emotions: Union[None, list[str], dict[str, str]]
     use_augmented: bool
-    class_weight: Optional[Literal["balanced"]]
+    class_weight: Optional[Literal["balanced", "corpus_balanced"]]
+    calibrate: bool
     speaker_norm: Literal["none", "speaker"]
     seed: int
 
@@ -263,6 +264,7 @@ class MlflowParams(Section):
 class PredictParams(Section):
     window_s: float
     hop_s: float
+    min_confidence: Optional[float]
 
 
 class ServeParams(Section):

@@ -28,7 +28,6 @@ from typing import Any
 
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ser.audio import (AudioError, AudioSource, cut_ranges, describe_source, load_audio, normalize,
                        resampled_blocks, stream_extent, streamable_frames)
@@ -69,7 +68,9 @@ class WindowPrediction:
 
 @dataclass
 class Prediction:
-    """The answer for one recording; ``error`` is set (and the rest empty) when it failed."""
+    """The answer for one recording; ``error`` is set (and the rest empty) when it failed.
+    ``label`` is :data:`UNCERTAIN` when the top probability is under the predictor's
+    ``min_confidence``; the probabilities are kept either way."""
 
     source: str
     label: str | None = None
@@ -88,6 +89,7 @@ class Prediction:
         result: dict[str, Any] = {
             "path": self.source,
             "label": self.label,
+            "confidence": max(self.probabilities.values()) if self.probabilities else None,
             "probabilities": dict(self.probabilities),
             "duration_s": self.duration_s,
         }
@@ -97,6 +99,15 @@ class Prediction:
                 for w in self.windows
             ]
         return result
+
+
+UNCERTAIN = "uncertain"
+
+
+def answer(probabilities: dict[str, float], min_confidence: float | None) -> str:
+    """The most probable class, or :data:`UNCERTAIN` when its probability is under ``min_confidence``."""
+    label = max(probabilities, key=probabilities.get)
+    return UNCERTAIN if min_confidence is not None and probabilities[label] < min_confidence else label
 
 
 def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
@@ -144,15 +155,28 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
             yield path
 
 
+def _progress(iterable: Iterable[Any], show: bool, **bar: Any) -> Iterable[Any]:
+    """``iterable`` behind a tqdm bar when ``show``; tqdm.auto (asyncio, a notebook probe) is
+    imported only then."""
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **bar)
+
+
 class Predictor:
     """Scores audio with a :class:`~ser.models.bundle.ModelBundle` (window by window)."""
 
-    def __init__(self, bundle: Any, window_s: float, hop_s: float):
+    def __init__(self, bundle: Any, window_s: float, hop_s: float, min_confidence: float | None = None):
         if window_s <= 0 or hop_s <= 0:
             raise ValueError(f"predict.window_s and predict.hop_s must be positive, got {window_s}, {hop_s}")
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"predict.min_confidence must be between 0 and 1 (or null), got {min_confidence}")
         self.bundle = bundle
         self.window_s = float(window_s)
         self.hop_s = float(hop_s)
+        self.min_confidence = None if min_confidence is None else float(min_confidence)
 
     @classmethod
     def from_bundle_dir(cls, folder: str | os.PathLike, **settings: float) -> "Predictor":
@@ -182,8 +206,8 @@ class Predictor:
         show = progress is not None and count >= PROGRESS_MIN_WINDOWS
         rows = [
             self.bundle.predict_proba_signals(batch)
-            for batch in tqdm(batches(signals, WINDOW_BATCH), total=math.ceil(count / WINDOW_BATCH),
-                              desc=progress, unit="batch", disable=not show)
+            for batch in _progress(batches(signals, WINDOW_BATCH), show, total=math.ceil(count / WINDOW_BATCH),
+                                   desc=progress, unit="batch")
         ]
         return np.concatenate(rows, axis=0).astype(np.float64)
 
@@ -238,19 +262,18 @@ class Predictor:
         aggregate = window_probabilities.mean(axis=0)
         aggregate = aggregate / aggregate.sum()
         classes = self.classes
-        windows = [
-            WindowPrediction(
-                start_s=round(start / self.sample_rate, 4),
-                end_s=round(end / self.sample_rate, 4),
-                label=classes[int(np.argmax(p))],
-                probabilities={c: float(v) for c, v in zip(classes, p)},
-            )
-            for (start, end), p in zip(ranges, window_probabilities)
-        ]
+        windows = []
+        for (start, end), p in zip(ranges, window_probabilities):
+            probabilities = {c: float(v) for c, v in zip(classes, p)}
+            windows.append(WindowPrediction(start_s=round(start / self.sample_rate, 4),
+                                            end_s=round(end / self.sample_rate, 4),
+                                            label=answer(probabilities, self.min_confidence),
+                                            probabilities=probabilities))
+        probabilities = {c: float(v) for c, v in zip(classes, aggregate)}
         return Prediction(
             source=name,
-            label=classes[int(np.argmax(aggregate))],
-            probabilities={c: float(v) for c, v in zip(classes, aggregate)},
+            label=answer(probabilities, self.min_confidence),
+            probabilities=probabilities,
             windows=windows,
             duration_s=round(n_samples / self.sample_rate, 4),
         )
@@ -329,11 +352,11 @@ class Predictor:
             for path in files:
                 groups.setdefault(path.parent, []).append(path)
             by_name = {}
-            for folder in tqdm(sorted(groups), desc="speaker folders", unit="folder", disable=not progress):
+            for folder in _progress(sorted(groups), progress, desc="speaker folders", unit="folder"):
                 by_name.update({p.source: p for p in self.predict_group(groups[folder])})
             return [by_name[str(path)] for path in files]
         results = []
-        for path in tqdm(files, desc="predicting", unit="file", disable=not progress or len(files) < 2):
+        for path in _progress(files, progress and len(files) >= 2, desc="predicting", unit="file"):
             results.append(self.try_predict(path, str(path)))
         return results
 
@@ -346,4 +369,5 @@ class Predictor:
 
 def load_bundle_predictor(folder: str | os.PathLike, predict_params: dict[str, Any]) -> Predictor:
     """A Predictor over a ModelBundle folder, windowed as the ``predict:`` section says."""
-    return Predictor.from_bundle_dir(folder, window_s=predict_params["window_s"], hop_s=predict_params["hop_s"])
+    return Predictor.from_bundle_dir(folder, window_s=predict_params["window_s"], hop_s=predict_params["hop_s"],
+                                     min_confidence=predict_params["min_confidence"])

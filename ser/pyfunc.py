@@ -27,7 +27,6 @@ import binascii
 import io
 import os
 import threading
-import warnings
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ser.audio import AudioError
-from ser.predict import Prediction, Predictor, audio_error_message, load_bundle_predictor
-from ser.tracking import CHAMPION
+from ser.predict import Prediction, Predictor, audio_error_message
+from ser.tracking import BUNDLE_ARTIFACT, CHAMPION, load_predictor  # noqa: F401  (load_predictor: re-exported)
 
-BUNDLE_ARTIFACT = "bundle"
 AGGREGATE_WINDOW = -1  # the ``window`` value of a recording's aggregate row in windows=true output
 
 # What the model needs at serving time; versions are pinned to what trained it.
@@ -57,11 +55,6 @@ RUNTIME_PACKAGES = ("mlflow", "numpy", "pandas", "scipy", "soundfile", "soxr", "
 
 def invalid_input(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-# The payload is a DataFrame whose columns we validate ourselves (bytes or base64 audio); MLflow's
-# type-hint validation would reject base64 strings, so its reminder to add hints is noise here.
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 
 class AudioEmotionModel(mlflow.pyfunc.PythonModel):
@@ -180,7 +173,11 @@ class AudioEmotionModel(mlflow.pyfunc.PythonModel):
                 raise invalid_input(audio_error_message(exc, name)) from None
         return predictions
 
-    def predict(self, context, model_input, params=None):
+    # The hints matter to MLflow: without one on model_input it warns at every import of this
+    # module. A DataFrame hint is one it infers no schema from and validates nothing against, so
+    # the columns stay ours to check (bytes or base64 audio, which its validation would reject);
+    # the logged signature (signature_for) describes them.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """One row per clip: ``label``, ``p_<class>``, ``duration_s``, ``n_windows``.
 
         With ``params={"windows": true}``: long format, one row per window of each clip plus an
@@ -286,38 +283,12 @@ def save_model(bundle_dir: str | os.PathLike, path: str | os.PathLike, predict_p
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def load_predictor(model: str | os.PathLike | None, *, tracking_uri: str, registered_model: str,
-                   predict_params: dict[str, Any]) -> tuple[Predictor, str]:
-    """A Predictor and a description of where it came from.
-
-    ``model`` is a local ModelBundle folder (windowed by ``predict_params``), a local MLflow
-    model folder, or an MLflow model URI resolved against ``tracking_uri``; ``None`` means the
-    version of ``registered_model`` that the ``champion`` alias names there (set by ``dvc repro``
-    of the committed params or by ``ser promote``; experiments never move it).
-    """
-    if model is not None and Path(model).is_dir():
-        folder = Path(model)
-        if (folder / "bundle.json").is_file():
-            return load_bundle_predictor(folder, predict_params), f"bundle {folder}"
-        if (folder / "MLmodel").is_file():
-            return _unwrap(mlflow.pyfunc.load_model(str(folder))), f"MLflow model {folder}"
-        raise ValueError(f"{folder}: neither an MLflow model folder (no MLmodel) nor a model bundle (no bundle.json)")
-    uri = str(model) if model is not None else f"models:/{registered_model}@{CHAMPION}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # models:/ and runs:/ URIs resolve against the project's store
-    try:
-        loaded = mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        hint = (f"`dvc repro` on the committed params registers and promotes one to @{CHAMPION}, "
-                f"`ser promote VERSION` promotes an existing version" if model is None else "check the URI")
-        raise ValueError(f"cannot load model '{uri}' from {tracking_uri}: {exc.message}. {hint}, "
-                         "or pass --model") from None
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return _unwrap(loaded), f"MLflow model {uri}"
+# ``load_predictor`` (imported above from ser.tracking) loads a logged model for ``ser predict``
+# and ``ser serve`` without this module: importing it costs mlflow.pyfunc.
 
 
-def _unwrap(loaded) -> Predictor:
+def predictor_of(loaded) -> Predictor:
+    """The Predictor inside a model ``mlflow.pyfunc.load_model`` loaded (an AudioEmotionModel)."""
     python_model = loaded.unwrap_python_model()
     if not isinstance(python_model, AudioEmotionModel):
         raise ValueError(f"the model is a {type(python_model).__name__}, not ser's AudioEmotionModel")

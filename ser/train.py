@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from ser import splits
@@ -79,15 +78,27 @@ def make_labels(metadata: pd.DataFrame, target: str = "emotion",
     return labels.rename("label"), classes
 
 
-def class_weights(y: np.ndarray, n_classes: int, mode: str | None) -> dict[int, float] | None:
+WEIGHTINGS = ("balanced", "corpus_balanced")
+
+
+def sample_weights(y: np.ndarray, corpora: np.ndarray, mode: str | None) -> np.ndarray | None:
+    """Per-row training weights for ``train.class_weight``, averaging 1 over the rows.
+
+    ``balanced``: every class weighs the same in total. ``corpus_balanced``: every corpus weighs
+    the same in total, and within a corpus every class: a corpus of 2,800 clips from two
+    speakers then counts as much as one of 480, and no corpus's class mix decides the others'.
+    """
     if not mode:
         return None
-    if mode != "balanced":
-        raise ValueError(f"unknown train.class_weight '{mode}'; use balanced or null")
-    present = np.unique(y)
-    weights = compute_class_weight("balanced", classes=present, y=y)
-    return {int(c): float(w) for c, w in zip(present, weights)} | {
-        c: 1.0 for c in range(n_classes) if c not in set(present.tolist())}
+    if mode not in WEIGHTINGS:
+        raise ValueError(f"unknown train.class_weight '{mode}'; use one of {list(WEIGHTINGS)} or null")
+    frame = pd.DataFrame({"corpus": np.asarray(corpora, dtype=object), "y": np.asarray(y)})
+    if mode == "balanced":  # scikit-learn's "balanced": n / (classes x rows of the class)
+        per_class = frame.groupby("y")["y"].transform("size").to_numpy()
+        return len(frame) / (frame["y"].nunique() * per_class).astype(np.float64)
+    per_cell = frame.groupby(["corpus", "y"])["y"].transform("size").to_numpy()
+    classes_in_corpus = frame.groupby("corpus")["y"].transform("nunique").to_numpy()
+    return len(frame) / (frame["corpus"].nunique() * classes_in_corpus * per_cell).astype(np.float64)
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -213,15 +224,21 @@ class LabelledData:
         self.copies_X = self.copies_X[rows]
         self.copies_y = self.y[sources]
 
-    def training_rows(self, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """X, y of ``fit_rows`` plus the augmented copies of exactly those clips."""
-        X, y = self.X[fit_rows], self.y[fit_rows]
+    def training_rows(self, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """X, y and corpus of ``fit_rows`` plus the augmented copies of exactly those clips
+        (``fit_rows`` a mask or indices; a copy belongs to its source clip's corpus)."""
+        corpora = self.clips["corpus"].astype(str).to_numpy()
+        X, y, corpus = self.X[fit_rows], self.y[fit_rows], corpora[fit_rows]
         if self.copies is None or not len(self.copies):
-            return X, y
-        allowed = self.copies["source_utterance_id"].isin(self.clips["utterance_id"].to_numpy()[fit_rows]).to_numpy()
+            return X, y, corpus
+        sources = self.copies["source_utterance_id"]
+        allowed = sources.isin(self.clips["utterance_id"].to_numpy()[fit_rows]).to_numpy()
         if not allowed.any():
-            return X, y
-        return np.concatenate([X, self.copies_X[allowed]]), np.concatenate([y, self.copies_y[allowed]])
+            return X, y, corpus
+        corpus_of = dict(zip(self.clips["utterance_id"], corpora))
+        copy_corpora = np.array([corpus_of[u] for u in sources[allowed]], dtype=object)
+        return (np.concatenate([X, self.copies_X[allowed]]), np.concatenate([y, self.copies_y[allowed]]),
+                np.concatenate([corpus, copy_corpora]))
 
 
 def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
@@ -291,14 +308,14 @@ def fit_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str
     fraction = float(split_params["val_speakers_fraction"]) if uses_validation(model_type) else 0.0
     validation = splits.validation_groups(folds, data.clips, train_side, fraction,
                                           int(split_params["seed"]) + int(fold), protocol)
-    X_fit, y_fit = data.training_rows(train_side & ~validation)
+    X_fit, y_fit, corpora_fit = data.training_rows(train_side & ~validation)
     estimator = MODELS[model_type](params["model"][model_type], data.X.shape[1:], len(data.classes),
                                    int(train_params["seed"]))
     with run.fold(fold):
         history = estimator.fit(X_fit, y_fit,
                                 data.X[validation] if validation.any() else None,
                                 data.y[validation] if validation.any() else None,
-                                class_weight=class_weights(y_fit, len(data.classes), train_params["class_weight"]))
+                                sample_weight=sample_weights(y_fit, corpora_fit, train_params["class_weight"]))
         probabilities = estimator.predict_proba(data.X[test])
         predicted = probabilities.argmax(axis=1)
         score = scores(data.y[test], predicted)
@@ -316,12 +333,10 @@ def fit_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str
 
 def fit_final(data: LabelledData, model_type: str, type_params: dict[str, Any], params: dict[str, Any]):
     """The final estimator on every labelled clip (and every copy of them); returns it with its history."""
-    X, y = data.X, data.y
-    if data.copies is not None and len(data.copies):
-        X, y = np.concatenate([X, data.copies_X]), np.concatenate([y, data.copies_y])
+    X, y, corpora = data.training_rows(np.arange(len(data.y)))
     train_params = params["train"]
     final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), int(train_params["seed"]))
-    history = final.fit(X, y, class_weight=class_weights(y, len(data.classes), train_params["class_weight"]))
+    history = final.fit(X, y, sample_weight=sample_weights(y, corpora, train_params["class_weight"]))
     return final, history
 
 
@@ -381,6 +396,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
         histories = [r.history for r in results]
         if not fit_final_model:
             return TrainResult(oof, concat_histories(histories), data.classes, None, fold_scores, None, info)
+        info["temperature"] = temperature_of(oof, data.classes) if params["train"]["calibrate"] else 1.0
         best_epochs = [r.best_epoch for r in results if r.best_epoch and len(r.history)]
         type_params = final_params(model_type, model_params[model_type], best_epochs)
         final, final_history = fit_final(data, model_type, type_params, params)
@@ -388,7 +404,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
         bundle = ModelBundle(model_type=model_type, classes=data.classes, feature_input=feature_input,
                              audio=params["audio"], features=params["features"], estimator=final,
                              feature_names=inputs.feature_names, target=params["train"]["target"],
-                             speaker_norm=data.speaker_norm)
+                             speaker_norm=data.speaker_norm, temperature=info["temperature"])
         n_copies = 0 if data.copies is None else int(len(data.copies))
         info.update({
             "n_augmented": n_copies, "clips_without_features": data.without_features,
@@ -401,6 +417,14 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
         run_id = run.finish(Path(out), bundle, data.X[: min(5, len(data.X))], fold_scores, info)
         (Path(out) / "train_info.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
     return TrainResult(oof, history, data.classes, bundle, fold_scores, run_id, info)
+
+
+def temperature_of(oof: pd.DataFrame, classes: list[str]) -> float:
+    """The temperature that calibrates the out-of-fold probabilities (held-out speakers)."""
+    from ser.calibration import fit_temperature
+
+    labels = pd.Index(classes).get_indexer(oof["y_true"].astype(str))
+    return round(fit_temperature(oof[[f"p_{c}" for c in classes]].to_numpy(), labels), 6)
 
 
 def write_outputs(out: Path, bundle: ModelBundle, oof: pd.DataFrame, history: pd.DataFrame, classes: list[str]) -> None:

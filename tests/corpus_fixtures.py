@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ser.datasets import cremad, emodb, ravdess, savee, tess
+from ser.datasets import cremad, emodb, emovo, eyase, ravdess, savee, tess
 
 
 @dataclass(frozen=True)
@@ -233,8 +233,43 @@ def make_emodb(root: str | os.PathLike, *, speakers: Iterable[str] = ("03", "08"
     return paths
 
 
+def make_emovo(root: str | os.PathLike, *, actors: Iterable[str] = tuple(emovo.ACTORS),
+               emotions: Iterable[str] = tuple(emovo.EMOTIONS), sentences: Iterable[str] = ("b1", "n1"),
+               seconds: float = 1.0, sample_rate: int = 16000, suffix: str = ".wav") -> list[Path]:
+    """``<actor>/<emotion>-<actor>-<sentence><suffix>`` (e.g. ``f1/gio-f1-b1.wav``)."""
+    root = Path(root)
+    paths = []
+    for actor in actors:
+        for code in emotions:
+            for sentence in sentences:
+                paths.append(_write(root, f"{actor}/{code}-{actor}-{sentence}{suffix}", emovo.EMOTIONS[code],
+                                    emovo.ACTORS[actor], seconds, sample_rate, None))
+    return paths
+
+
+# The release's file prefix of each speaker folder: Female02 reuses Female01's, so the same file
+# names occur in two folders.
+EYASE_PREFIXES = {"Female01": "fm01", "Female02": "fm01", "Female03": "fm03", "Male01": "ml01",
+                  "Male02": "ml02", "Male03": "ml03"}
+
+
+def make_eyase(root: str | os.PathLike, *, speakers: Iterable[str] = tuple(EYASE_PREFIXES),
+               emotions: Iterable[str] = tuple(eyase.EMOTIONS), per_emotion: int = 2,
+               seconds: float = 1.0, sample_rate: int = 16000, suffix: str = ".wav") -> list[Path]:
+    """``<Speaker>/<prefix>_<emotion> (<n>)<suffix>`` (e.g. ``Female02/fm01_ang (1).wav``)."""
+    root = Path(root)
+    paths = []
+    for speaker in speakers:
+        for code in emotions:
+            for number in range(1, per_emotion + 1):
+                relative = f"{speaker}/{EYASE_PREFIXES[speaker]}_{code} ({number}){suffix}"
+                paths.append(_write(root, relative, eyase.EMOTIONS[code], eyase.SPEAKERS[speaker], seconds,
+                                    sample_rate, None))
+    return paths
+
+
 MAKERS = {"ravdess": make_ravdess, "tess": make_tess, "cremad": make_cremad, "savee": make_savee,
-          "emodb": make_emodb}
+          "emodb": make_emodb, "emovo": make_emovo, "eyase": make_eyase}
 
 
 def make_mirror(root: str | os.PathLike, corpora: Sequence[str] = ("ravdess", "tess"), *, small: bool = True,
@@ -251,6 +286,11 @@ def make_mirror(root: str | os.PathLike, corpora: Sequence[str] = ("ravdess", "t
         "cremad": dict(sentences=("IEO", "DFA") if small else ("IEO", "DFA", "TIE", "IOM")),
         "savee": dict(per_emotion=2 if small else 4),
         "emodb": dict(texts=("a01", "b01") if small else ("a01", "a02", "b01", "b02")),
+        "emovo": dict(actors=("f1", "m1") if small else tuple(emovo.ACTORS),
+                      sentences=("b1", "n1") if small else ("b1", "d1", "l1", "n1")),
+        # Female01 and Female02 both, so even a small mirror holds the release's shared file names.
+        "eyase": dict(speakers=("Female01", "Female02", "Male01") if small else tuple(EYASE_PREFIXES),
+                      per_emotion=2 if small else 4),
     }
     made = {}
     for corpus in corpora:

@@ -1,4 +1,5 @@
-"""The data layer on the real RAVDESS and TESS mirror (SER_DATA_MIRROR; fails when missing).
+"""The data layer on the real mirror (SER_DATA_MIRROR; fails when missing): RAVDESS, TESS, SAVEE,
+EMOVO and EYASE.
 
 Numbers asserted here are the corpora's documented facts (README of the mirror and the
 corpus papers), not outputs copied from a run.
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ser.datasets import ravdess, tess
-from ser.download import verify_corpus
+from ser.datasets import emovo, eyase, ravdess, tess
+from ser.download import DownloadSettings, obtain_corpus, verify_corpus
 from ser.harmonize import harmonize, summarize
 from ser.params import section
 from ser.schema import to_table
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 STEREO = {"03-01-02-01-01-02-01", "03-01-08-01-02-02-01", "03-01-02-01-02-02-05", "03-01-03-01-02-01-20",
           "03-01-06-01-01-02-20"}
 TESS_ODD = {"OAF_food_fear": 96000, "YAF_germ_angry": None, "YAF_neat_fear": None}
+EYASE_SPEAKER_CLIPS = {"eyase_Female01": 80, "eyase_Female02": 80, "eyase_Female03": 80, "eyase_Male01": 117,
+                       "eyase_Male02": 110, "eyase_Male03": 112}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,8 @@ def test_real_ravdess_rows(real_metadata):
                                                          "surprised")}}
     stereo = {uid.removeprefix("ravdess_") for uid in rows.index[rows["channels"] == 2]}
     assert stereo == STEREO
-    assert (rows["sample_rate"] == 48000).all()
+    # The release is 48 kHz; the mirror stores it resampled to 16 kHz (its README).
+    assert (rows["sample_rate"] == 16000).all()
     linked = rows[rows["duplicate_of"].notna()]
     assert linked["duplicate_of"].to_dict() == {"ravdess_03-01-03-01-02-02-07": "ravdess_03-01-03-01-02-01-07"}
 
@@ -137,3 +141,46 @@ def test_real_savee_rows(real_mirror):
     assert set(rows["gender"]) == {"male"}
     assert rows["emotion"].value_counts().to_dict() == {"neutral": 120, **{e: 60 for e in (
         "angry", "disgust", "fearful", "happy", "sad", "surprised")}}
+
+
+@pytest.mark.mirror
+def test_real_emovo_rows(real_mirror):
+    """EMOVO: all 588 clips, 6 actors (3 women, 3 men), 84 per emotion, mono 16 kHz as the mirror stores it."""
+    params = section("data", REPO / "params.yaml")
+    rows = harmonize(real_mirror, ["emovo"], params, root=real_mirror.parent)
+    assert len(rows) == 588 and (rows["status"] == "ok").all()
+    assert rows["utterance_id"].is_unique and (rows["language"] == "it").all()
+    speakers = rows.drop_duplicates("speaker").set_index("speaker")["gender"].to_dict()
+    assert speakers == {"emovo_f1": "female", "emovo_f2": "female", "emovo_f3": "female", "emovo_m1": "male",
+                        "emovo_m2": "male", "emovo_m3": "male"}
+    assert rows["emotion"].value_counts().to_dict() == {e: 84 for e in (
+        "neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")}
+    assert (rows["statement"].value_counts() == 42).all() and rows["statement"].nunique() == 14
+    assert (rows["sample_rate"] == 16000).all() and (rows["channels"] == 1).all()
+
+
+@pytest.mark.mirror
+def test_real_eyase_rows(real_mirror):
+    """EYASE: all 579 clips, the speaker taken from the folder (Female02's files carry Female01's prefix)."""
+    params = section("data", REPO / "params.yaml")
+    rows = harmonize(real_mirror, ["eyase"], params, root=real_mirror.parent)
+    assert len(rows) == 579 and (rows["status"] == "ok").all()
+    assert rows["utterance_id"].is_unique and (rows["language"] == "ar").all()
+    assert rows["speaker"].value_counts().to_dict() == EYASE_SPEAKER_CLIPS
+    genders = rows.drop_duplicates("speaker").set_index("speaker")["gender"]
+    assert genders.to_dict() == {s: "female" if "Female" in s else "male" for s in EYASE_SPEAKER_CLIPS}
+    assert set(rows["emotion"]) == {"angry", "happy", "neutral", "sad"}
+    female02 = rows[rows["speaker"] == "eyase_Female02"]
+    assert female02["path"].str.contains("/Female02/fm01_").all()
+
+
+@pytest.mark.mirror
+@pytest.mark.parametrize("module, clips", [(emovo, 588), (eyase, 579)])
+def test_the_download_stage_takes_emovo_and_eyase_from_the_mirror_as_complete(real_mirror, tmp_path, module, clips):
+    """Strict: every expected name present, and the copy matches the mirror's SHA256SUMS."""
+    strict = DownloadSettings(retries=0, backoff_s=0.0, timeout_s=5, strict=True)
+    report = obtain_corpus(module.NAME, tmp_path / "raw", settings=strict, mirror=real_mirror)
+    check = report.verification
+    assert report.action == "mirror"
+    assert (check.clips, check.shortfall, check.missing, check.known_absent) == (clips, 0, [], [])
+    assert not check.unparseable and not check.unreadable and not check.duplicate_names

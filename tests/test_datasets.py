@@ -12,9 +12,17 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ser.datasets import CANONICAL_EMOTIONS, CORPORA, FileNameError, get_corpus
-from ser.datasets import cremad, emodb, ravdess, savee, tess
+from ser.datasets import cremad, emodb, emovo, eyase, ravdess, savee, tess
 from ser.datasets.base import Clip, Source
-from tests.corpus_fixtures import make_cremad, make_emodb, make_ravdess, make_savee, make_tess
+from tests.corpus_fixtures import (
+    make_cremad,
+    make_emodb,
+    make_emovo,
+    make_eyase,
+    make_ravdess,
+    make_savee,
+    make_tess,
+)
 
 RAVDESS_DOC = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
                "06": "fearful", "07": "disgust", "08": "surprised"}
@@ -28,6 +36,11 @@ EMODB_DOC = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fearful", "F": 
              "N": "neutral"}
 EMODB_GENDERS = {"03": "male", "08": "female", "09": "female", "10": "male", "11": "male", "12": "male",
                  "13": "female", "14": "female", "15": "male", "16": "female"}
+EMOVO_DOC = {"neu": "neutral", "gio": "happy", "tri": "sad", "rab": "angry", "pau": "fearful", "dis": "disgust",
+             "sor": "surprised"}
+EMOVO_SENTENCES = ["b1", "b2", "b3", "d1", "d2", "l1", "l2", "l3", "l4", "n1", "n2", "n3", "n4", "n5"]
+EYASE_DOC = {"ang": "angry", "hap": "happy", "neu": "neutral", "sad": "sad"}
+EYASE_SPEAKER_CLIPS = {"Female01": 80, "Female02": 80, "Female03": 80, "Male01": 117, "Male02": 110, "Male03": 112}
 
 
 def relative_files(root: Path) -> list[PurePosixPath]:
@@ -35,7 +48,7 @@ def relative_files(root: Path) -> list[PurePosixPath]:
 
 
 def test_registry_lists_every_corpus_with_a_uniform_description():
-    assert set(CORPORA) == {"ravdess", "tess", "cremad", "savee", "emodb"}
+    assert set(CORPORA) == {"ravdess", "tess", "cremad", "savee", "emodb", "emovo", "eyase"}
     for name, module in CORPORA.items():
         description = module.CORPUS
         assert description.name == name == module.NAME
@@ -52,11 +65,15 @@ def test_official_sources_are_declared_as_published():
     assert ravdess.SOURCE.md5 == "bc696df654c87fed845eb13823edef8a"
     assert "1188976" in ravdess.SOURCE.url
     assert (ravdess.EXPECTED_CLIPS, tess.EXPECTED_CLIPS, cremad.EXPECTED_CLIPS, emodb.EXPECTED_CLIPS,
-            savee.EXPECTED_CLIPS) == (1440, 2800, 7442, 535, 480)
+            savee.EXPECTED_CLIPS, emovo.EXPECTED_CLIPS, eyase.EXPECTED_CLIPS) == (1440, 2800, 7442, 535, 480, 588, 579)
     assert "CheyneyComputerScience/CREMA-D" in cremad.SOURCE.listing_url
     assert cremad.SOURCE.kind == "files"
     assert emodb.SOURCE.url == "http://emodb.bilderbar.info/download/download.zip"
     assert savee.SOURCE.kind == "mirror_only" and "registration" in savee.SOURCE.note
+    for module in (emovo, eyase):
+        assert module.SOURCE.kind == "mirror_only" and module.SOURCE.url is None
+        assert f"$SER_DATA_MIRROR/{module.NAME}/" in module.SOURCE.note and "download URL" in module.SOURCE.note
+    assert (emovo.LANGUAGE, eyase.LANGUAGE) == ("it", "ar")
 
 
 def test_ravdess_parses_every_code_of_the_release(tmp_path):
@@ -173,6 +190,78 @@ def test_emodb_parses_every_letter_and_documented_speaker_genders(tmp_path):
         emodb.parse("03a01Xa.wav")
     with pytest.raises(FileNameError, match="unknown speaker '04'"):
         emodb.parse("04a01Fa.wav")
+
+
+def test_emovo_parses_every_code_of_the_release(tmp_path):
+    make_emovo(tmp_path, actors=("f1", "m3"), sentences=EMOVO_SENTENCES, seconds=0.02)
+    files = relative_files(tmp_path)
+    clips = [emovo.parse(f) for f in files]
+    assert len(clips) == 2 * 7 * 14
+    for relative, clip in zip(files, clips):
+        code, actor, sentence = relative.stem.split("-")
+        assert relative.parent.name == actor == clip.speaker
+        assert clip.gender == {"f": "female", "m": "male"}[actor[0]]
+        assert clip.emotion == EMOVO_DOC[code] and clip.emotion_raw == code
+        assert clip.statement == sentence and clip.name == relative.stem
+    assert {c.emotion for c in clips} == set(EMOVO_DOC.values())
+    expected = emovo.expected_names()
+    assert len(expected) == 588 and {c.name for c in clips} <= expected
+    assert sum(name.startswith("gio-") for name in expected) == 84
+    assert sum(name.endswith("-n5") for name in expected) == 42
+    # Copies that flatten the actor folders still say everything in the name.
+    assert emovo.parse("sor-m2-l4.wav").speaker == "m2"
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("f1/xyz-f1-b1.wav", "unknown emotion code 'xyz'"),
+    ("f4/gio-f4-b1.wav", "unknown actor code 'f4'"),
+    ("f1/gio-f1-b4.wav", "unknown sentence code 'b4'"),
+    ("f2/gio-f1-b1.wav", "the name says actor 'f1' but the file is in the folder of 'f2'"),
+    ("f1/gio_f1_b1.wav", "expected <emotion>-<actor>-<sentence>"),
+])
+def test_emovo_rejects_names_outside_the_documentation(bad, problem):
+    with pytest.raises(FileNameError, match=re.escape(f"{bad}: {problem}")):
+        emovo.parse(bad)
+
+
+def test_eyase_takes_the_speaker_from_the_folder_not_the_prefix(tmp_path):
+    make_eyase(tmp_path, per_emotion=3, seconds=0.02)
+    files = relative_files(tmp_path)
+    clips = [eyase.parse(f) for f in files]
+    assert len(clips) == 6 * 4 * 3
+    for relative, clip in zip(files, clips):
+        code = relative.stem.split("_")[1].split(" ")[0]
+        assert clip.speaker == relative.parent.name
+        assert clip.gender == ("female" if clip.speaker.startswith("Female") else "male")
+        assert clip.emotion == EYASE_DOC[code] and clip.emotion_raw == code
+    # Female01 and Female02 hold the same file names; their clips must stay apart.
+    assert {f.name for f in files if f.parent.name == "Female01"} == {
+        f.name for f in files if f.parent.name == "Female02"}
+    assert len({c.name for c in clips}) == len(clips)
+    assert eyase.parse("Female02/fm01_ang (1).wav").name == "Female02_ang_01"
+    assert {c.name for c in clips} <= eyase.expected_names()
+
+
+def test_eyase_names_every_clip_of_the_release():
+    expected = eyase.expected_names()
+    assert len(expected) == 579
+    per_speaker = {speaker: sum(name.startswith(f"{speaker}_") for name in expected) for speaker in EYASE_SPEAKER_CLIPS}
+    assert per_speaker == EYASE_SPEAKER_CLIPS
+    assert {name.split("_")[1] for name in expected} == set(EYASE_DOC)
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("Female01/fm01_fea (1).wav", "unknown emotion code 'fea'"),
+    ("Female04/fm01_ang (1).wav", "the folder is the speaker, but 'Female04' is not one of"),
+    ("fm01_ang (1).wav", "the folder is the speaker, but '' is not one of"),
+    ("Male01/fm01_ang (1).wav", "the prefix 'fm' is not that of a male speaker like Male01"),
+    ("Male01/xx01_ang (1).wav", "unknown prefix code 'xx'"),
+    ("Female01/fm01_ang (0).wav", "clip number 0 is below 1"),
+    ("Female01/fm01_ang 1.wav", "expected <prefix>_<emotion> (<n>)"),
+])
+def test_eyase_rejects_names_outside_the_documentation(bad, problem):
+    with pytest.raises(FileNameError, match=re.escape(f"{bad}: {problem}")):
+        eyase.parse(bad)
 
 
 def test_clip_rejects_labels_outside_the_taxonomy():

@@ -18,6 +18,8 @@ from ser.executor import make_executor
 from ser.harmonize import harmonize, pcm_sha256, summarize
 from ser.schema import COLUMNS, SchemaError, read_metadata, to_table, validate, write_metadata
 from tests.corpus_fixtures import (
+    make_emovo,
+    make_eyase,
     make_mirror,
     make_ravdess,
     synth_speech,
@@ -38,15 +40,16 @@ def data_params(corpora, **changes):
 
 
 @pytest.fixture(scope="module")
-def five_corpora(tmp_path_factory):
+def fixture_corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    made = make_mirror(root / "data" / "raw", ("ravdess", "tess", "cremad", "savee", "emodb"), seconds=0.3)
+    made = make_mirror(root / "data" / "raw", ("ravdess", "tess", "cremad", "savee", "emodb", "emovo", "eyase"),
+                       seconds=0.3)
     frame = harmonize(root / "data" / "raw", list(made), data_params(made), root=root, executor=SERIAL)
     return root, made, frame
 
 
-def test_every_fixture_corpus_becomes_labelled_rows(five_corpora):
-    root, made, frame = five_corpora
+def test_every_fixture_corpus_becomes_labelled_rows(fixture_corpora):
+    root, made, frame = fixture_corpora
     assert list(frame.columns) == list(COLUMNS)
     assert frame.groupby("corpus").size().to_dict() == {c: len(p) for c, p in made.items()}
     assert (frame["status"] == "ok").all() and frame["problem"].isna().all()
@@ -57,7 +60,7 @@ def test_every_fixture_corpus_becomes_labelled_rows(five_corpora):
         assert row.speaker.startswith(f"{row.corpus}_")
         assert (row.sample_rate, row.channels) == (16000, 1)
         assert row.duration_s == pytest.approx(0.3, abs=1e-3)
-        if row.corpus != "savee":  # SAVEE ids carry the speaker, which the flat file names also do
+        if row.corpus not in ("savee", "eyase"):  # their ids carry the speaker folder
             assert row.utterance_id == f"{row.corpus}_{Path(row.path).stem}"
     by = frame.set_index("utterance_id")
     assert by.loc["ravdess_03-01-05-01-02-01-03", ["speaker", "gender", "emotion", "statement"]].tolist() == [
@@ -67,14 +70,22 @@ def test_every_fixture_corpus_becomes_labelled_rows(five_corpora):
     assert by.loc["cremad_1007_IEO_FEA_HI", ["gender", "emotion", "intensity"]].tolist() == ["female", "fearful", "high"]
     assert by.loc["savee_KL_su02", ["speaker", "gender", "emotion"]].tolist() == ["savee_KL", "male", "surprised"]
     assert by.loc["emodb_08b01La", ["gender", "emotion", "language"]].tolist() == ["female", "boredom", "de"]
+    labels = ["path", "speaker", "gender", "emotion", "statement", "language"]
+    assert by.loc["emovo_pau-m1-n1", labels].tolist() == [
+        "data/raw/emovo/m1/pau-m1-n1.wav", "emovo_m1", "male", "fearful", "n1", "it"]
+    # Female01 and Female02 hold the same file names: one row each, told apart by the folder.
+    for speaker in ("Female01", "Female02"):
+        assert by.loc[f"eyase_{speaker}_hap_02", labels].tolist() == [
+            f"data/raw/eyase/{speaker}/fm01_hap (2).wav", f"eyase_{speaker}", "female", "happy", "", "ar"]
     genders = frame.groupby("corpus")["gender"].agg(lambda g: sorted(set(g))).to_dict()
-    assert genders == {"cremad": ["female", "male"], "emodb": ["female", "male"], "ravdess": ["female", "male"],
-                       "savee": ["male"], "tess": ["female"]}
+    assert genders == {"cremad": ["female", "male"], "emodb": ["female", "male"], "emovo": ["female", "male"],
+                       "eyase": ["female", "male"], "ravdess": ["female", "male"], "savee": ["male"],
+                       "tess": ["female"]}
     validate(to_table(frame))
 
 
-def test_the_summary_counts_what_the_table_holds(five_corpora):
-    _, made, frame = five_corpora
+def test_the_summary_counts_what_the_table_holds(fixture_corpora):
+    _, made, frame = fixture_corpora
     summary = summarize(frame)
     assert set(summary) == {*made, "all"}
     ravdess = summary["ravdess"]
@@ -83,6 +94,11 @@ def test_the_summary_counts_what_the_table_holds(five_corpora):
     assert ravdess["emotions"] == {e: 8 for e in ("angry", "calm", "disgust", "fearful", "happy", "neutral",
                                                   "sad", "surprised")}
     assert summary["savee"]["male_speakers"] == 4 and summary["savee"]["female_speakers"] == 0
+    emovo, eyase = summary["emovo"], summary["eyase"]
+    assert (emovo["clips"], emovo["speakers"], emovo["female_speakers"], emovo["male_speakers"]) == (28, 2, 1, 1)
+    assert emovo["emotions"] == {e: 4 for e in ("angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised")}
+    assert (eyase["clips"], eyase["speakers"], eyase["female_speakers"], eyase["male_speakers"]) == (24, 3, 2, 1)
+    assert eyase["emotions"] == {e: 6 for e in ("angry", "happy", "neutral", "sad")}
     assert summary["all"]["clips"] == len(frame)
     assert summary["all"]["hours"] == pytest.approx(len(frame) * 0.3 / 3600, abs=1e-4)
 
@@ -161,6 +177,38 @@ def test_names_outside_the_corpus_naming_are_quarantined_not_dropped(tmp_path):
     validate(to_table(frame))
 
 
+@pytest.mark.parametrize("corpus, language, make, bad_names", [
+    ("emovo", "it", make_emovo, {
+        "f1/xyz-f1-b1.wav": "unknown emotion code 'xyz'",
+        "f4/gio-f4-b2.wav": "unknown actor code 'f4'",
+        "m1/gio-f1-b3.wav": "the name says actor 'f1' but the file is in the folder of 'm1'",
+        "f1/gioia f1 b1.wav": "expected <emotion>-<actor>-<sentence>",
+    }),
+    ("eyase", "ar", make_eyase, {
+        "Female01/fm01_fea (1).wav": "unknown emotion code 'fea'",
+        "Female04/fm01_ang (2).wav": "the folder is the speaker, but 'Female04' is not one of",
+        "Male01/fm01_ang (3).wav": "the prefix 'fm' is not that of a male speaker like Male01",
+        "Male01/ml01_ang.wav": "expected <prefix>_<emotion> (<n>)",
+    }),
+])
+def test_misnamed_and_unknown_label_files_are_quarantined_with_their_reason(tmp_path, corpus, language, make,
+                                                                           bad_names):
+    folder = tmp_path / "raw" / corpus
+    good = make(folder, seconds=0.3)
+    for relative in bad_names:
+        write_clip(folder / relative, seconds=0.3)
+    frame = harmonize(tmp_path / "raw", [corpus], data_params([corpus]), root=tmp_path, executor=SERIAL)
+    by_path = frame.set_index("path")
+    for relative, problem in bad_names.items():
+        row = by_path.loc[f"raw/{corpus}/{relative}"]
+        assert row["status"] == "quarantined"
+        assert row["problem"].startswith(f"file name: {relative}: {problem}")
+        assert pd.isna(row["speaker"]) and pd.isna(row["emotion"]) and row["language"] == language
+    usable = frame[frame["status"] == "ok"]
+    assert len(usable) == len(good) and len(frame) == len(good) + len(bad_names)
+    validate(to_table(frame))
+
+
 def test_parallel_and_serial_probing_give_the_same_table(tmp_path):
     make_mirror(tmp_path / "raw", ("tess",), seconds=0.3)
     params = data_params(["tess"])
@@ -176,8 +224,8 @@ def test_a_selected_corpus_that_was_not_downloaded_is_a_clear_error(tmp_path):
         harmonize(tmp_path / "raw", ["tess"], data_params(["tess"]), root=tmp_path, executor=SERIAL)
 
 
-def test_the_schema_refuses_tables_that_break_the_contract(five_corpora):
-    _, _, frame = five_corpora
+def test_the_schema_refuses_tables_that_break_the_contract(fixture_corpora):
+    _, _, frame = fixture_corpora
     broken = frame.copy()
     broken.loc[1, "utterance_id"] = broken.loc[0, "utterance_id"]
     broken.loc[2, "problem"] = "something"

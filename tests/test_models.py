@@ -40,7 +40,7 @@ def test_every_model_type_trains_predicts_and_round_trips(model_type, tmp_path):
     shape = input_shape_for(model_type)
     X, y = separable_rows(shape)
     estimator = MODELS[model_type](tiny(model_type), shape, N_CLASSES, 7)
-    history = estimator.fit(X, y, X[::4], y[::4], class_weight={0: 1.0, 1: 2.0, 2: 1.0})
+    history = estimator.fit(X, y, X[::4], y[::4], sample_weight=np.where(y == 1, 2.0, 1.0))
     probabilities = estimator.predict_proba(X[:9])
     assert probabilities.shape == (9, N_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

@@ -75,6 +75,24 @@ def test_ser_predict_json_real_clips_and_one_corrupt_file(small_bundle, real_mir
 
 
 @pytest.mark.mirror
+def test_min_confidence_answers_uncertain_and_keeps_the_probabilities(small_bundle, real_mirror):
+    clip = str(ravdess_clip(real_mirror, 12, "05"))
+    plain = json.loads(run_ser("predict", clip, "--model", str(small_bundle), "--format", "json").stdout)[0]
+    top = max(plain["probabilities"].values())
+    assert plain["confidence"] == pytest.approx(top) and plain["label"] != "uncertain"
+    unsure = json.loads(run_ser("predict", clip, "--model", str(small_bundle), "--format", "json",
+                                "--min-confidence", str(min(1.0, top + 0.01))).stdout)[0]
+    assert unsure["label"] == "uncertain" and unsure["probabilities"] == plain["probabilities"]
+    assert all(window["label"] == "uncertain" for window in unsure["windows"]
+               if max(window["probabilities"].values()) < top + 0.01)
+    sure = json.loads(run_ser("predict", clip, "--model", str(small_bundle), "--format", "json",
+                              "--min-confidence", str(top - 0.01)).stdout)[0]
+    assert sure["label"] == plain["label"]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Predictor(None, 3.0, 1.5, min_confidence=1.5)
+
+
+@pytest.mark.mirror
 def test_ser_console_script_reads_folders_as_a_table(small_bundle, real_mirror, tmp_path):
     folder = tmp_path / "recordings"
     (folder / "nested").mkdir(parents=True)
@@ -249,16 +267,17 @@ def test_only_a_file_longer_than_one_window_is_streamed(small_bundle, real_mirro
 
 
 def write_talk(path: Path, mirror: Path, seconds: float) -> None:
-    """Real speech with pauses, 48 kHz FLAC: RAVDESS clips of unseen actors looped, written clip by clip."""
+    """Real speech with pauses, FLAC at the mirror's 16 kHz: RAVDESS clips of unseen actors looped,
+    written clip by clip."""
     from ser.audio import decode, to_mono
 
     clips = sorted((mirror / "ravdess").glob("Actor_1[0-9]/*.flac"))
     rng = np.random.default_rng(0)
-    target, written, index = int(seconds * 48000), 0, 0
-    with sf.SoundFile(path, "w", samplerate=48000, channels=1, format="FLAC", subtype="PCM_16") as out:
+    target, written, index = int(seconds * 16000), 0, 0
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, format="FLAC", subtype="PCM_16") as out:
         while written < target:
             samples, rate = decode(clips[index % len(clips)])
-            assert rate == 48000, clips[index % len(clips)]
+            assert rate == 16000, clips[index % len(clips)]
             pause = np.zeros(int(rng.uniform(0.3, 1.5) * rate), dtype=np.float32)
             piece = np.concatenate([to_mono(samples), pause])[:target - written]
             out.write(piece)

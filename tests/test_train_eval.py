@@ -16,7 +16,7 @@ import pytest
 
 from ser.evaluate import evaluate
 from ser.models import ModelBundle
-from ser.train import ModelInputs, class_weights, make_labels, train
+from ser.train import ModelInputs, make_labels, sample_weights, train
 from tests.params_support import params as project_params
 
 EMOTIONS = ["angry", "happy", "neutral", "sad"]
@@ -183,7 +183,9 @@ def test_labels_targets_restrictions_and_merges():
     labels, classes = make_labels(metadata, "emotion", {"calm": "neutral"})
     assert classes == EMOTIONS and labels[0] == "neutral"
     labels, classes = make_labels(metadata, "emotion", ["angry", "sad"])
-    assert classes == ["angry", "sad"] and labels.isna().sum() == len(metadata) - (labels.notna()).sum()
+    kept = metadata["emotion"].isin(["angry", "sad"]).to_numpy()
+    assert classes == ["angry", "sad"] and 0 < kept.sum() < len(metadata)
+    assert labels[kept].tolist() == metadata.loc[kept, "emotion"].tolist() and labels[~kept].isna().all()
     labels, classes = make_labels(metadata, "gender", ["angry", "sad"])
     assert classes == ["female", "male"] and labels.notna().sum() == 7  # row 0 became calm
     labels, classes = make_labels(metadata, "emotion_gender", None)
@@ -192,8 +194,20 @@ def test_labels_targets_restrictions_and_merges():
         make_labels(metadata, "age", None)
     with pytest.raises(ValueError, match="at least two"):
         make_labels(metadata, "emotion", ["angry"])
-    weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
-    assert weights[1] == pytest.approx(3 * weights[0]) and weights[2] == 1.0
+
+
+def test_sample_weights_balance_classes_or_corpora_and_classes():
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 1])
+    corpora = np.array(["big"] * 4 + ["small"] * 2 + ["big"] * 4)
+    # balanced: each class totals n / 2 = 5 (class 0: 4 rows of 5/4, class 1: 6 rows of 5/6)
+    np.testing.assert_allclose(sample_weights(y, corpora, "balanced"), [1.25] * 3 + [5 / 6] + [1.25] + [5 / 6] * 5)
+    weights = sample_weights(y, corpora, "corpus_balanced")
+    # each corpus totals 5, each of its two classes 2.5: big has 3 + 5 rows, small 1 + 1
+    expected = np.where(corpora == "small", 2.5, np.where(y == 0, 2.5 / 3, 2.5 / 5))
+    np.testing.assert_allclose(weights, expected)
+    assert sample_weights(y, corpora, None) is None
+    with pytest.raises(ValueError, match="unknown train.class_weight 'speaker'"):
+        sample_weights(y, corpora, "speaker")
 
 
 # ---- evaluation ------------------------------------------------------------------------------------

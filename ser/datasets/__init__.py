@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ser.datasets import cremad, emodb, ravdess, savee, tess
+from ser.datasets import cremad, emodb, emovo, eyase, ravdess, savee, tess
 from ser.datasets.base import (
     AUDIO_EXTENSIONS,
     CANONICAL_EMOTIONS,
@@ -20,7 +20,7 @@ from ser.datasets.base import (
 )
 
 CORPORA: dict[str, ModuleType] = {
-    module.NAME: module for module in (ravdess, tess, cremad, savee, emodb)
+    module.NAME: module for module in (ravdess, tess, cremad, savee, emodb, emovo, eyase)
 }
 
 

@@ -36,7 +36,7 @@ from ser.features.egemaps import EGEMAPS_NAMES
 from ser.features.extraction import KINDS_OF_SET, check_sets, extract, set_params_hash
 from ser.features.functionals import functional_names
 from ser.features.sequences import n_frames, sequence_dims
-from ser.features.whisper import depth_folder, frame_count, layers_of, whisper_names, whisper_params
+from ser.features.whisper import encoder_for, frame_count, layers_of, whisper_names, whisper_params
 from ser.ray_executor import ray_options
 
 _WRITE_CHUNK = 256
@@ -147,9 +147,8 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
     clip paths resolve against, stripped from failure messages) is.
     """
     sets = check_sets(feature_params["sets"])
-    if "whisper" in sets:
-        for depth in layers_of(whisper_params(feature_params)):  # join/verify/cut the weights once, before any worker
-            depth_folder(whisper_params(feature_params), depth)
+    if "whisper" in sets:  # join and verify the weights, build the graph: once, before any worker
+        encoder_for(whisper_params(feature_params))
     hashes = {name: set_params_hash(name, audio_params, feature_params) for name in sets}
     present = {name: set.intersection(*(cache.present(kind, hashes[name]) for kind in KINDS_OF_SET[name]))
                for name in sets}

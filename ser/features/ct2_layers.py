@@ -21,6 +21,8 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import numpy as np
+
 _ENCODER_LAYER = re.compile(r"^encoder/layer_(\d+)/")
 _COPY_BLOCK = 1 << 22
 
@@ -101,3 +103,30 @@ def write_truncated(model_bin: str | os.PathLike, target: str | os.PathLike, dep
             for done in range(0, size, _COPY_BLOCK):
                 out.write(source.read(min(_COPY_BLOCK, size - done)))
         out.write(tail)
+
+
+# CTranslate2's DataType enum, as stored in model.bin.
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def read_variables(model_bin: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarray]:
+    """The variables of ``model_bin`` whose names start with ``prefix``, as numpy arrays."""
+    found = {}
+    with open(model_bin, "rb") as handle:
+        _preamble(handle)
+        for name, _, header, offset, size in _variables(handle):
+            if not name.startswith(prefix):
+                continue
+            rank = header[0]
+            dims = struct.unpack(f"<{rank}I", header[1:1 + 4 * rank])
+            dtype = _DTYPES.get(header[1 + 4 * rank])
+            if dtype is None:
+                raise ModelFileError(f"{model_bin}: variable {name} has a data type this reader does not know "
+                                     f"({header[1 + 4 * rank]})")
+            handle.seek(offset)
+            data = handle.read(size)
+            if len(data) != size:
+                raise ModelFileError(f"{model_bin}: ends in the middle of variable {name}")
+            found[name] = np.frombuffer(data, dtype=dtype).reshape(dims)
+            handle.seek(offset + size)
+    return found

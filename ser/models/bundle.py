@@ -75,6 +75,9 @@ class ModelBundle:
     # "speaker": inputs were standardized per speaker in training (transductive); scoring then
     # needs a batch of one speaker's clips to standardize with (ser predict --normalize-by).
     speaker_norm: str = "none"
+    # Probabilities are rescaled by this temperature (ser.calibration), fitted in training on the
+    # out-of-fold predictions of held-out speakers; 1.0 leaves the estimator's own.
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not is_feature_input(self.feature_input):
@@ -93,6 +96,7 @@ class ModelBundle:
             "feature_names": list(self.feature_names),
             "target": self.target,
             "speaker_norm": self.speaker_norm,
+            "temperature": self.temperature,
             "audio": self.audio,
             "features": self.features,
         }
@@ -123,6 +127,7 @@ class ModelBundle:
             feature_names=description["feature_names"],
             target=description["target"],
             speaker_norm=description["speaker_norm"],
+            temperature=float(description.get("temperature", 1.0)),  # bundles from before calibration
         )
 
     # ---- inputs --------------------------------------------------------------------------
@@ -148,7 +153,7 @@ class ModelBundle:
 
     def inputs_from_signals(self, signals: Sequence[np.ndarray]) -> np.ndarray:
         """Model input for front-end-processed signals (``ser.audio.load_audio`` output)."""
-        from ser.features import extract
+        from ser.features.extraction import extract
 
         sets = extraction_sets(self.feature_input)
         checked = []
@@ -165,6 +170,10 @@ class ModelBundle:
         probabilities = np.asarray(self.estimator.predict_proba(np.asarray(inputs, dtype=np.float32)))
         if probabilities.ndim != 2 or probabilities.shape[1] != len(self.classes):
             raise ValueError(f"estimator returned shape {probabilities.shape}; expected (n, {len(self.classes)})")
+        if self.temperature != 1.0:
+            from ser.calibration import with_temperature
+
+            probabilities = with_temperature(probabilities, self.temperature)
         return probabilities
 
     def predict_proba_signals(self, signals: Sequence[np.ndarray]) -> np.ndarray:

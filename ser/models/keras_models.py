@@ -311,7 +311,7 @@ class KerasEstimator:
     def _one_hot(self, y) -> np.ndarray:
         return np.eye(self.n_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
 
-    def fit(self, X, y, X_val=None, y_val=None, class_weight: dict[int, float] | None = None) -> dict[str, list]:
+    def fit(self, X, y, X_val=None, y_val=None, sample_weight: np.ndarray | None = None) -> dict[str, list]:
         make_deterministic(self.seed)
         p = self.params
         X = self._check(X)
@@ -331,10 +331,8 @@ class KerasEstimator:
         self.model.compile(optimizer=optimizer,
                            loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(p["label_smoothing"])),
                            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-        weights = np.ones(len(y), dtype=np.float32)
-        if class_weight:
-            lookup = {int(k): float(v) for k, v in class_weight.items()}
-            weights = np.array([lookup.get(int(c), 1.0) for c in y], dtype=np.float32)
+        weights = (np.ones(len(y), dtype=np.float32) if sample_weight is None
+                   else np.asarray(sample_weight, dtype=np.float32))
         callbacks: list[keras.callbacks.Callback] = [EpochProgress(epochs, f"{self.model_type} epochs")]
         validation = None
         if X_val is not None and y_val is not None and len(y_val) > 0:

@@ -15,20 +15,16 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.svm import SVC
-from sklearn.tree import DecisionTreeClassifier
-from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+# scikit-learn is imported where it is used, and only the classifier a model needs: importing
+# every family (calibration, ensembles, trees, the MLP) costs about a second at each cold start
+# of ``ser predict``, which unpickles one fitted pipeline.
 
 
 # Kernel cache of the SVC: speed only, never the result.
@@ -37,9 +33,14 @@ SVC_CACHE_MB = 500.0
 
 def _classifier(model_type: str, params: dict[str, Any], seed: int):
     if model_type == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
         # A linear probe: on a pretrained encoder's pooled frames it is the field's reference head.
         return LogisticRegression(C=float(params["C"]), max_iter=int(params["max_iter"]), random_state=seed)
     if model_type == "svm":
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.svm import SVC
+
         # Platt-scaled probabilities, fitted on cross-validated decision values (what the
         # deprecated SVC(probability=True) did internally), then one SVC on all the rows.
         svc = SVC(C=float(params["C"]), kernel=params["kernel"], gamma=params["gamma"], random_state=seed,
@@ -47,16 +48,22 @@ def _classifier(model_type: str, params: dict[str, Any], seed: int):
         return CalibratedClassifierCV(svc, method="sigmoid", cv=int(params["calibration_folds"]),
                                       ensemble=False)
     if model_type == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
         return RandomForestClassifier(
             n_estimators=int(params["n_estimators"]), max_depth=params["max_depth"],
             min_samples_leaf=int(params["min_samples_leaf"]),
             max_features=params["max_features"], n_jobs=int(params["n_jobs"]),
             random_state=seed)
     if model_type == "decision_tree":
+        from sklearn.tree import DecisionTreeClassifier
+
         return DecisionTreeClassifier(max_depth=params["max_depth"],
                                       min_samples_leaf=int(params["min_samples_leaf"]),
                                       random_state=seed)
     if model_type == "mlp":
+        from sklearn.neural_network import MLPClassifier
+
         return MLPClassifier(hidden_layer_sizes=tuple(params["hidden_layer_sizes"]),
                              alpha=float(params["alpha"]),
                              learning_rate_init=float(params["learning_rate_init"]),
@@ -64,9 +71,16 @@ def _classifier(model_type: str, params: dict[str, Any], seed: int):
     raise ValueError(f"'{model_type}' is not a scikit-learn model type")
 
 
+def _pipeline(model_type: str, params: dict[str, Any], seed: int) -> Pipeline:
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()), ("model", _classifier(model_type, params, seed))])
+
+
 class SklearnEstimator:
     def __init__(self, model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
-                 n_classes: int, seed: int):
+                 n_classes: int, seed: int, pipeline: Pipeline | None = None):
         if len(input_shape) != 1:
             raise ValueError(f"{model_type} needs a tabular input (n, features); got per-row shape {input_shape}")
         self.model_type = model_type
@@ -74,7 +88,7 @@ class SklearnEstimator:
         self.input_shape = tuple(input_shape)
         self.n_classes = n_classes
         self.seed = seed
-        self.pipeline = Pipeline([("scale", StandardScaler()), ("model", _classifier(model_type, params, seed))])
+        self.pipeline = _pipeline(model_type, params, seed) if pipeline is None else pipeline
 
     @property
     def flavor_model(self) -> Pipeline:
@@ -87,20 +101,22 @@ class SklearnEstimator:
             raise ValueError(f"{self.model_type}: expected input (n, {self.input_shape[0]}), got {X.shape}")
         return X
 
-    def fit(self, X, y, X_val=None, y_val=None, class_weight: dict[int, float] | None = None) -> dict[str, list]:
+    def fit(self, X, y, X_val=None, y_val=None, sample_weight: np.ndarray | None = None) -> dict[str, list]:
         X = self._check(X)
         y = np.asarray(y, dtype=np.int64)
-        sample_weight = None
-        if class_weight:
-            sample_weight = np.array([class_weight.get(int(label), 1.0) for label in y], dtype=np.float64)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
         if self.model_type == "mlp":
             return self._fit_mlp(X, y, X_val, y_val, sample_weight)
         self.pipeline.fit(X, y, model__sample_weight=sample_weight)
         return {}
 
     def _fit_mlp(self, X, y, X_val, y_val, sample_weight) -> dict[str, list]:
-        scaler: StandardScaler = self.pipeline.named_steps["scale"]
-        mlp: MLPClassifier = self.pipeline.named_steps["model"]
+        from sklearn.metrics import log_loss
+        from tqdm.auto import tqdm
+
+        scaler = self.pipeline.named_steps["scale"]  # a StandardScaler
+        mlp = self.pipeline.named_steps["model"]  # an MLPClassifier
         X_scaled = scaler.fit_transform(X)
         mlp.set_params(batch_size=max(1, min(int(self.params["batch_size"]), len(X))))
         has_val = X_val is not None and y_val is not None and len(y_val) > 0
@@ -147,6 +163,8 @@ class SklearnEstimator:
     def save(self, folder: str | os.PathLike) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        import joblib
+
         joblib.dump(self.pipeline, folder / "pipeline.joblib")
         meta = {"model_type": self.model_type, "params": self.params, "input_shape": list(self.input_shape),
                 "n_classes": self.n_classes, "seed": self.seed}
@@ -155,10 +173,12 @@ class SklearnEstimator:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "SklearnEstimator":
         folder = Path(folder)
+        import joblib
+
         meta = json.loads((folder / "estimator.json").read_text(encoding="utf-8"))
-        estimator = cls(meta["model_type"], meta["params"], tuple(meta["input_shape"]), meta["n_classes"], meta["seed"])
-        estimator.pipeline = joblib.load(folder / "pipeline.joblib")
-        return estimator
+        # The fitted pipeline is passed in: no unfitted one is built (and no other family imported).
+        return cls(meta["model_type"], meta["params"], tuple(meta["input_shape"]), meta["n_classes"], meta["seed"],
+                   pipeline=joblib.load(folder / "pipeline.joblib"))
 
 
 def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,

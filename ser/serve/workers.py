@@ -37,6 +37,7 @@ class ModelSpec:
     bundle_dir: str
     window_s: float
     hop_s: float
+    min_confidence: float | None = None
 
 
 def snapshot(predictor, folder: str | os.PathLike) -> ModelSpec:
@@ -44,15 +45,16 @@ def snapshot(predictor, folder: str | os.PathLike) -> ModelSpec:
     this copy, so all serve the model the server loaded even if its source moves on meanwhile (a
     new registered version, a retrained ``data/train/model``)."""
     predictor.bundle.save(folder)
-    return ModelSpec(str(Path(folder)), predictor.window_s, predictor.hop_s)
+    return ModelSpec(str(Path(folder)), predictor.window_s, predictor.hop_s, predictor.min_confidence)
 
 
 def _load(spec: ModelSpec):
     from ser.predict import Predictor
 
-    predictor = Predictor.from_bundle_dir(spec.bundle_dir, window_s=spec.window_s, hop_s=spec.hop_s)
+    predictor = Predictor.from_bundle_dir(spec.bundle_dir, window_s=spec.window_s, hop_s=spec.hop_s,
+                                          min_confidence=spec.min_confidence)
     features = predictor.bundle.features
-    if "whisper" in features:  # CTranslate2 sizes its pool from the bundle, not from the variables
+    if "whisper" in features:  # ONNX Runtime sizes its pool from the bundle, not from the variables
         predictor.bundle.features = {**features, "whisper": {**features["whisper"], "threads": 1}}
     return predictor
 
@@ -96,11 +98,15 @@ def answer(predictor, payload: bytes, name: str, visuals: bool) -> tuple[str, An
     return "ok", json.dumps(result).encode("utf-8")
 
 
-def _thread_report(predictor) -> dict[str, Any]:
+def _thread_report() -> dict[str, Any]:
     from threadpoolctl import threadpool_info
 
-    features = predictor.bundle.features
-    return {"ctranslate2": features["whisper"]["threads"] if "whisper" in features else None,
+    from ser.features.whisper import loaded_encoders
+
+    # Read back from the runtime's own sessions (those the warm-up opened), not from the params.
+    encoder_threads = sorted({encoder.session.get_session_options().intra_op_num_threads
+                              for encoder in loaded_encoders()})
+    return {"onnxruntime": encoder_threads or None,
             "native_pools": sorted({int(pool["num_threads"]) for pool in threadpool_info()}),
             **{name: os.environ[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
 
@@ -122,8 +128,8 @@ def serve_forever(conn: Connection, spec: ModelSpec) -> None:
         _warm_up(predictor)
         threadpool_limits(1)  # any pool a library sized without reading the variables
         info = {"pid": os.getpid(), "classes": predictor.classes, "sample_rate": predictor.sample_rate,
-                "window_s": predictor.window_s, "hop_s": predictor.hop_s,
-                "load_s": round(time.monotonic() - started, 2), "threads": _thread_report(predictor)}
+                "window_s": predictor.window_s, "hop_s": predictor.hop_s, "min_confidence": predictor.min_confidence,
+                "load_s": round(time.monotonic() - started, 2), "threads": _thread_report()}
     except Exception as exc:  # tell the server why, instead of dying silently
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
