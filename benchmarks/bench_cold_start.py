@@ -41,6 +41,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import publish  # noqa: E402
+
 TARGET_S = 3.0
 GOAL_S = 2.0
 CLIP = ("ravdess", "Actor_01", "03-01-05-02-01-02-01.flac")  # 3.6 s, angry, strong
@@ -172,10 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(results, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n", encoding="utf-8")
+    publish(results, args.out, lambda shown: print(json.dumps(shown, indent=2)))
     return results
 
 

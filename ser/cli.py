@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -104,6 +105,7 @@ def _load(model: str | None, params: dict, window_s: float | None = None, hop_s:
         predictor.hop_s = hop_s
     threshold = params["predict"]["min_confidence"] if min_confidence is None else min_confidence
     predictor.min_confidence = threshold or None
+    predictor.use_threads(os.cpu_count() or 1)  # one process, one file at a time: every core for the encoder
     return predictor, description
 
 

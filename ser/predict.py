@@ -178,6 +178,14 @@ class Predictor:
         self.hop_s = float(hop_s)
         self.min_confidence = None if min_confidence is None else float(min_confidence)
 
+    def use_threads(self, threads: int) -> "Predictor":
+        """Run the encoder (if the model has one) on ``threads`` intra-op threads: every core for
+        a lone process answering one request at a time, one for each of a server's workers."""
+        features = self.bundle.features
+        if "whisper" in features:
+            self.bundle.features = {**features, "whisper": {**features["whisper"], "threads": max(1, int(threads))}}
+        return self
+
     @classmethod
     def from_bundle_dir(cls, folder: str | os.PathLike, **settings: float) -> "Predictor":
         from ser.models.bundle import ModelBundle

@@ -11,7 +11,8 @@ Figures (file names are stable; :data:`FIGURES` lists them):
   emotion;
 * features: distributions of a few key acoustic features per emotion;
 * model: confusion matrix, loss/accuracy curves, per-class precision/recall/F1, per-corpus and
-  per-fold scores; the evaluation protocol is named at the top of the page.
+  per-fold scores, the reliability diagram of the calibrated probabilities; the evaluation
+  protocol is named at the top of the page.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ FIGURES = {
     "model_per_class": "Per-class precision, recall and F1",
     "model_per_corpus": "Scores per corpus",
     "model_per_fold": "Scores per fold",
+    "model_reliability": "Reliability of the calibrated probabilities (held-out speakers)",
 }
 
 # eGeMAPS descriptors that track arousal and valence in the literature: pitch level and range,
@@ -348,8 +350,22 @@ def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, repor
     done("model_per_corpus", plot_score_bars(per_corpus, "Scores per corpus (out-of-fold)"))
     per_fold = scores_by(oof, "fold")
     done("model_per_fold", plot_score_bars(per_fold, "Scores per fold (out-of-fold)"))
+    done("model_reliability", plot_calibration(oof, classes))
     steps.close()
     return ShownTables(counts=counts, examples=examples, per_class=per_class, per_corpus=per_corpus, per_fold=per_fold)
+
+
+def plot_calibration(oof: pd.DataFrame, classes: list[str]):
+    """The reliability diagram of the out-of-fold probabilities, each fold rescaled by a
+    temperature fitted on the other folds (what metrics/calibration.json reports)."""
+    from ser.calibration import cross_fitted, expected_calibration_error, reliability
+
+    labels = pd.Index(classes).get_indexer(oof["y_true"])
+    raw = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    calibrated, _ = cross_fitted(raw, labels, oof["fold"].to_numpy())
+    return evaluate.plot_reliability(reliability(calibrated, labels),
+                                     f"ECE {expected_calibration_error(calibrated, labels):.3f} after temperature "
+                                     f"scaling ({expected_calibration_error(raw, labels):.3f} before)")
 
 
 # ---- the page -------------------------------------------------------------------------------------

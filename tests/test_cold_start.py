@@ -236,3 +236,18 @@ def test_importing_the_served_model_module_warns_nothing():
                             text=True, timeout=300, env=clean_env())
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
+
+
+def test_the_encoder_runs_on_the_threads_the_predictor_asks_for(tiny_bundle, real_mirror):
+    """Read back from ONNX Runtime's own sessions, as a server worker reports them."""
+    from ser.predict import Predictor
+    from ser.serve.workers import _thread_report
+
+    clip = tiny_clip(real_mirror, 4, "05")
+    predictor = Predictor.from_bundle_dir(tiny_bundle, window_s=3.0, hop_s=1.5).use_threads(1)
+    assert predictor.bundle.features["whisper"]["threads"] == 1
+    alone = predictor.predict_source(clip)
+    assert 1 in _thread_report()["onnxruntime"]
+    both = predictor.use_threads(2).predict_source(clip)
+    assert {1, 2} <= set(_thread_report()["onnxruntime"])
+    assert both.probabilities == pytest.approx(alone.probabilities, abs=1e-9)  # threads change no number

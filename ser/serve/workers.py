@@ -53,10 +53,7 @@ def _load(spec: ModelSpec):
 
     predictor = Predictor.from_bundle_dir(spec.bundle_dir, window_s=spec.window_s, hop_s=spec.hop_s,
                                           min_confidence=spec.min_confidence)
-    features = predictor.bundle.features
-    if "whisper" in features:  # ONNX Runtime sizes its pool from the bundle, not from the variables
-        predictor.bundle.features = {**features, "whisper": {**features["whisper"], "threads": 1}}
-    return predictor
+    return predictor.use_threads(1)  # ONNX Runtime sizes its pool from the bundle, not from the variables
 
 
 def _warm_up(predictor) -> None:
