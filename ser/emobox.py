@@ -336,7 +336,7 @@ def emobox(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any], 
     params = copy.deepcopy(params)
     model_type = params["model"]["type"]
     feature_input = resolve_feature_input(model_type, params["model"]["features"], params["model"][model_type])
-    train_on = (params.get("cross_corpus") or {}).get("train_on", "all")
+    train_on = params["cross_corpus"]["train_on"]
     return {
         "protocol": describe(params, train_on),
         "ravdess_6fold": ravdess_6fold(metadata, inputs, params, protocol["ravdess_test_actors_by_fold"], augmented),

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.test_train_eval import generated_metadata, write_generated_project_data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("train", "evaluate")
+STAGES = ("train", "crosscorpus", "evaluate")
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -118,7 +118,8 @@ def test_gate_exit_status_against_the_committed_metrics(tmp_path):
     shutil.copy(REPO_ROOT / "metrics" / "thresholds.yaml", tmp_path / "metrics" / "thresholds.yaml")
     committed = {"protocol": "speaker_kfold", "uar": 0.72, "accuracy": 0.72, "macro_f1": 0.72,
                  "folds": {"uar": {"mean": 0.72}},
-                 "per_corpus": {"ravdess": {"uar": 0.70}, "tess": {"uar": 0.74}, "savee": {"uar": 0.72}}}
+                 "per_corpus": {"ravdess": {"uar": 0.70}, "tess": {"uar": 0.74}, "savee": {"uar": 0.72},
+                                "emovo": {"uar": 0.62}, "eyase": {"uar": 0.64}}}
     metrics = tmp_path / "metrics" / "evaluate.json"
     metrics.write_text(json.dumps(committed))
     loco = {"protocol": "leave_one_corpus_out", "headline": {"mean_uar": 0.60}}

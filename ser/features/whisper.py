@@ -261,7 +261,7 @@ def loaded_encoders() -> list[Encoder]:
 
 def encoder_for(params: dict[str, Any]) -> Encoder:
     """The process's encoder for these ``features.whisper`` params (built and verified once)."""
-    key = (str(cache_home()), params.get("model_dir"), params["compute_type"], tuple(layers_of(params)),
+    key = (str(cache_home()), params["model_dir"], params["compute_type"], tuple(layers_of(params)),
            int(params["threads"]))
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:

@@ -105,7 +105,7 @@ def _thread_report() -> dict[str, Any]:
                               for encoder in loaded_encoders()})
     return {"onnxruntime": encoder_threads or None,
             "native_pools": sorted({int(pool["num_threads"]) for pool in threadpool_info()}),
-            **{name: os.environ[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+            **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
 
 
 def serve_forever(conn: Connection, spec: ModelSpec) -> None:
