@@ -4,6 +4,8 @@ split from its source."""
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 from pathlib import Path
 
@@ -75,8 +77,16 @@ def test_same_seed_same_output_other_seed_other_output():
 
 
 def test_copy_seed_depends_on_seed_clip_and_copy_only():
-    assert copy_seed(42, "a", 0) == copy_seed(42, "a", 0)
+    import subprocess
+    import sys
+
     assert len({copy_seed(42, "a", 0), copy_seed(42, "a", 1), copy_seed(42, "b", 0), copy_seed(43, "a", 0)}) == 4
+    # The same in every process: not Python's salted hash(), which changes with PYTHONHASHSEED.
+    code = "from ser.augment import copy_seed; print(copy_seed(42, 'a', 1))"
+    for salt in ("1", "2"):
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONHASHSEED": salt})
+        assert int(other.stdout) == copy_seed(42, "a", 1)
 
 
 def test_a_copy_is_the_same_whatever_ran_before_it_in_the_process(tmp_path):

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ser import project, tracking
@@ -78,7 +82,7 @@ def test_store_holds_the_run_params_tags_metrics_and_folds(tracked_run):
     assert run.data.params["model.type"] == "svm" and run.data.params["extra.note"] == "1"
     assert run.data.params["features.sets"] == '["functionals", "egemaps"]'
     assert run.data.tags["dvc_exp_name"] == "exp-under-test"
-    assert len(run.data.tags["git_commit"]) >= 7 and len(run.data.tags["data_hash"]) == 16
+    assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"]) and len(run.data.tags["data_hash"]) == 16
     for name in ("cv_uar_mean", "cv_accuracy_std", "uar", "accuracy", "macro_f1", "uar_fold_mean"):
         assert name in run.data.metrics, name
     assert run.data.metrics["uar"] > 0.9  # three well-separated pitches
@@ -159,5 +163,20 @@ def test_the_champion_alias_names_the_default_model(tracked_run):
     info = tracking.model_version_info(uri, "models:/ser-emotion-test@champion")
     assert info["version"] == "1" and info["run_id"] == result.run_id and info["aliases"] == ["champion"]
     assert info["metrics"]["uar"] == pytest.approx(json.loads((folder / "evaluate.json").read_text())["uar"])
-    with pytest.raises(Exception, match="7"):
+    with pytest.raises(MlflowException, match=r"Model Version \(name=ser-emotion-test, version=7\) not found"):
         tracking.promote(uri, "ser-emotion-test", "7")
+
+
+def test_git_commit_is_the_head_of_the_repository_or_unknown(tmp_path):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "file.txt").write_text("x")
+    for command in (["git", "init", "-q"], ["git", "add", "file.txt"], ["git", "commit", "-q", "-m", "one"]):
+        subprocess.run(command, cwd=repo, env=env, check=True)
+    head = (repo / ".git" / "refs" / "heads").iterdir().__next__().read_text().strip()  # what git wrote
+    assert tracking.git_commit(repo) == head and re.fullmatch(r"[0-9a-f]{40}", head)
+    elsewhere = tmp_path / "not-a-repo"
+    elsewhere.mkdir()
+    assert tracking.git_commit(elsewhere) == "unknown"
