@@ -16,7 +16,6 @@ checked against their recorded sha256 on every load, like the weights they come 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ser.features.ct2_layers import read_variables
+from ser.features.model_files import install_folder, sha256_of
 
 # Bump when the graph or its quantization changes, so cached graphs and features are rebuilt.
 RECIPE = 1
@@ -156,7 +156,7 @@ def graph_file(model_bin: Path, model_sha256: str, depths: list[int], compute_ty
         facts = json.loads(record.read_text())
         path = target / "encoder.onnx"
         if facts.get("source_sha256") == model_sha256 and path.is_file():
-            actual = _sha256(path)
+            actual = sha256_of(path)
             if actual != facts.get("sha256"):
                 raise GraphError(f"{path}: sha256 {actual} does not match the {facts.get('sha256')} recorded when "
                                  "it was built; the file is corrupted or was replaced. Delete the folder to "
@@ -177,14 +177,9 @@ def graph_file(model_bin: Path, model_sha256: str, depths: list[int], compute_ty
             quantize(float_path, scratch / "encoder.onnx")
             float_path.unlink()
         facts = {"source_sha256": model_sha256, "depths": depths, "compute_type": compute_type,
-                 "recipe": RECIPE, "onnxruntime": onnxruntime.__version__, "sha256": _sha256(scratch / "encoder.onnx")}
+                 "recipe": RECIPE, "onnxruntime": onnxruntime.__version__, "sha256": sha256_of(scratch / "encoder.onnx")}
         (scratch / "graph.json").write_text(json.dumps(facts, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(scratch, target)
-        except OSError:  # another process put its own build in place first
-            pass
+        install_folder(scratch, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return graph_file(model_bin, model_sha256, depths, compute_type, cache, verify)
@@ -202,11 +197,3 @@ def open_session(path: Path, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ser.features.ct2_layers import ModelFileError, encoder_depth
+from ser.features.model_files import install_folder, sha256_of
 from ser.features.onnx_encoder import RECIPE, REDUCE_RANGE
 
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
@@ -68,14 +69,6 @@ class WhisperModelError(RuntimeError):
 
 def whisper_params(feature_params: dict) -> dict[str, Any]:
     return feature_params["whisper"]
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_home() -> Path:
@@ -128,23 +121,10 @@ def joined_base_model(cache: str | os.PathLike | None = None) -> Path:
                 shutil.copyfile(_wheel_file(package, name), scratch / name)
         if model_bin.is_file():
             model_bin.unlink()  # an empty leftover; a complete one returned above
-        _install(scratch, target)
+        install_folder(scratch, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
-
-
-def _install(scratch: Path, target: Path) -> None:
-    """Move the finished folder ``scratch`` to ``target`` by renames only, so no process ever
-    reads a half-written file there."""
-    if target.exists():
-        for child in scratch.iterdir():
-            os.replace(child, target / child.name)
-    else:
-        try:
-            os.replace(scratch, target)
-        except OSError:  # another process renamed its own copy into place first
-            pass
 
 
 def model_folder(params: dict[str, Any]) -> tuple[Path, str]:
