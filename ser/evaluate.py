@@ -133,6 +133,13 @@ def plot_reliability(table: list[dict[str, Any]], title: str) -> Figure:
     return fig
 
 
+def reliability_figure(calibration: dict[str, Any]) -> Figure:
+    """The reliability diagram of ``metrics/calibration.json``'s content."""
+    in_corpus = calibration["in_corpus"]
+    return plot_reliability(calibration["reliability"], f"Reliability after temperature scaling "
+                                                        f"(ECE {in_corpus['ece']:.3f}, before {in_corpus['ece_before']:.3f})")
+
+
 COVERAGE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -199,9 +206,7 @@ def evaluate(train_dir: str | os.PathLike, metrics_path: str | os.PathLike, plot
                  if cross_corpus_path is not None and Path(cross_corpus_path).is_file() else None)
         calibration = calibration_report(oof, classes, cross, float(info.get("temperature", 1.0)))
         Path(calibration_path).write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
-        figures["reliability.png"] = plot_reliability(
-            calibration["reliability"], f"Reliability after temperature scaling (ECE {calibration['in_corpus']['ece']:.3f}, "
-                                        f"before {calibration['in_corpus']['ece_before']:.3f})")
+        figures["reliability.png"] = reliability_figure(calibration)
     for name, figure in figures.items():
         figure.savefig(plots_dir / name, dpi=110)
         plt.close(figure)

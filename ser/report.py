@@ -285,6 +285,7 @@ class PipelineOutputs:
     classes: list[str]
     evaluation: dict[str, Any]
     run: dict[str, Any]
+    calibration: dict[str, Any] | None = None
 
     @property
     def protocol(self) -> str:
@@ -307,14 +308,16 @@ class ShownTables:
     per_fold: pd.DataFrame
 
 
-def read_outputs(metadata_path: str | os.PathLike, train_dir: Path, metrics_path: str | os.PathLike) -> PipelineOutputs:
+def read_outputs(metadata_path: str | os.PathLike, train_dir: Path, metrics_path: str | os.PathLike,
+                 calibration_path: str | os.PathLike | None = None) -> PipelineOutputs:
     oof = pd.read_parquet(train_dir / "oof_predictions.parquet")
     oof["y_true"], oof["y_pred"] = oof["y_true"].astype(str), oof["y_pred"].astype(str)
     history_path = train_dir / "history.csv"
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame()
     return PipelineOutputs(metadata=pd.read_parquet(metadata_path), oof=oof, history=history,
                            classes=_classes(train_dir, oof), evaluation=_read_json(Path(metrics_path)),
-                           run={**_read_json(train_dir / "train_info.json"), **_read_json(train_dir / "run.json")})
+                           run={**_read_json(train_dir / "train_info.json"), **_read_json(train_dir / "run.json")},
+                           calibration=_read_json(Path(calibration_path)) if calibration_path else None)
 
 
 def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, report: Report) -> ShownTables:
@@ -350,22 +353,10 @@ def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, repor
     done("model_per_corpus", plot_score_bars(per_corpus, "Scores per corpus (out-of-fold)"))
     per_fold = scores_by(oof, "fold")
     done("model_per_fold", plot_score_bars(per_fold, "Scores per fold (out-of-fold)"))
-    done("model_reliability", plot_calibration(oof, classes))
+    done("model_reliability", evaluate.reliability_figure(outputs.calibration) if outputs.calibration
+         else _message_figure("No calibration figures (metrics/calibration.json) were given."))
     steps.close()
     return ShownTables(counts=counts, examples=examples, per_class=per_class, per_corpus=per_corpus, per_fold=per_fold)
-
-
-def plot_calibration(oof: pd.DataFrame, classes: list[str]):
-    """The reliability diagram of the out-of-fold probabilities, each fold rescaled by a
-    temperature fitted on the other folds (what metrics/calibration.json reports)."""
-    from ser.calibration import cross_fitted, expected_calibration_error, reliability
-
-    labels = pd.Index(classes).get_indexer(oof["y_true"])
-    raw = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
-    calibrated, _ = cross_fitted(raw, labels, oof["fold"].to_numpy())
-    return evaluate.plot_reliability(reliability(calibrated, labels),
-                                     f"ECE {expected_calibration_error(calibrated, labels):.3f} after temperature "
-                                     f"scaling ({expected_calibration_error(raw, labels):.3f} before)")
 
 
 # ---- the page -------------------------------------------------------------------------------------
@@ -435,16 +426,17 @@ def render_page(context: dict[str, Any]) -> str:
 
 
 def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLike, train_dir: str | os.PathLike,
-                 metrics_path: str | os.PathLike, out_dir: str | os.PathLike, root: str | os.PathLike) -> Report:
+                 metrics_path: str | os.PathLike, out_dir: str | os.PathLike, root: str | os.PathLike,
+                 calibration_path: str | os.PathLike | None = None) -> Report:
     """Write ``index.html`` and every figure of :data:`FIGURES` into ``out_dir``; relative clip
-    paths are read under ``root``."""
+    paths are read under ``root``; ``calibration_path`` is metrics/calibration.json."""
     root = Path(root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):
         stale.unlink()
     report = Report(out)
-    outputs = read_outputs(metadata_path, Path(train_dir), metrics_path)
+    outputs = read_outputs(metadata_path, Path(train_dir), metrics_path, calibration_path)
     tables = draw_figures(outputs, Path(features_dir), root, report)
     report.index.write_text(render_page(page_context(report, outputs, tables)), encoding="utf-8")
     return report

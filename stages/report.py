@@ -20,12 +20,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", required=True, type=Path, help="data/features/")
     parser.add_argument("--train", required=True, type=Path, help="data/train/ (oof predictions, history, run.json)")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics/evaluate.json")
+    parser.add_argument("--calibration", type=Path, help="metrics/calibration.json")
     parser.add_argument("--out", required=True, type=Path, help="report folder (index.html + images)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report to the training run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    report = build_report(args.metadata, args.features, args.train, args.metrics, args.out, project.repo_root())
+    report = build_report(args.metadata, args.features, args.train, args.metrics, args.out, project.repo_root(),
+                          args.calibration)
     missing = sorted(set(FIGURES) - set(report.figures))
     if missing:
         raise SystemExit(f"report: figures not produced: {missing}")
