@@ -127,7 +127,9 @@ def load_model_inputs(folder: str | os.PathLike, feature_input: str) -> ModelInp
     folder = Path(folder)
     if feature_input in SEQUENCE_INPUTS:
         ids, array = load_sequences(folder, feature_input)
-        return ModelInputs([str(u) for u in ids], np.asarray(array, dtype=np.float32))
+        # float16 frames stay float16 (the Keras families read them so); the rest become float32
+        dtype = np.float16 if array.dtype == np.float16 else np.float32
+        return ModelInputs([str(u) for u in ids], np.asarray(array, dtype=dtype))
     tables = []
     for name in tabular_sets(feature_input):
         table = load_table(folder, name).select_dtypes("number")

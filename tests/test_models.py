@@ -169,17 +169,33 @@ def test_bundle_rejects_bad_signals_and_folders(tmp_path):
         ModelBundle("svm", ["a", "b"], "wav2vec", AUDIO, FEATURES, estimator=None)
 
 
+def frames_with_one_telling_depth(per_class: int, seed: int, depths: int = 3, telling: int = 1,
+                                  steps: int = 12, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """(n, steps, depths, width) float16 frames, as the features stage stores the encoder's:
+    only depth ``telling`` carries the class, the others are noise."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(N_CLASSES), per_class)
+    X = rng.normal(size=(len(y), steps, depths, width)).astype(np.float32)
+    X[:, :, telling, :] += 1.5 * y[:, None, None].astype(np.float32)
+    return X.astype(np.float16), y
+
+
 @pytest.mark.parametrize("model_type", KERAS_TYPES)
-def test_every_keras_family_takes_encoder_frames(model_type, tmp_path):
-    """Whisper frames are wide (512 per frame; 160 here keeps the test fast, still above
-    proj_above) and float16 on disk: every family projects them, trains and round-trips."""
-    params = tiny(model_type, proj_above=128, proj_units=8, proj_skip=True)
-    X, y = separable_rows((12, 160))
-    X = X.astype(np.float16)
+def test_every_keras_family_learns_from_encoder_frames_and_weighs_their_depths(model_type, tmp_path):
+    """Whisper frames of several depths (512 wide; 160 here keeps the test fast, still above
+    proj_above) in float16: every family learns from them, puts the largest of its learned depth
+    weights on the depth that tells the classes apart, and round-trips."""
+    params = tiny(model_type, proj_above=128, proj_units=8, proj_skip=True, epochs=25, patience=25,
+                  learning_rate=0.01, warmup_epochs=1)
+    X, y = frames_with_one_telling_depth(per_class=20, seed=0)
+    X_test, y_test = frames_with_one_telling_depth(per_class=10, seed=1)
     estimator = MODELS[model_type](params, X.shape[1:], N_CLASSES, 5)
     estimator.fit(X, y, X[::4], y[::4])
-    probabilities = estimator.predict_proba(X[:6])
-    assert probabilities.shape == (6, N_CLASSES) and np.isfinite(probabilities).all()
+    probabilities = estimator.predict_proba(X_test)
+    assert probabilities.shape == (len(y_test), N_CLASSES) and np.isfinite(probabilities).all()
+    assert np.mean(probabilities.argmax(axis=1) == y_test) >= 0.8  # chance is 1/3
+    logits = np.asarray(estimator.model.get_layer("depth_weighting").logits)
+    assert logits.argmax() == 1
     estimator.save(tmp_path / "estimator")
-    np.testing.assert_allclose(load_estimator(model_type, tmp_path / "estimator").predict_proba(X[:6]),
+    np.testing.assert_allclose(load_estimator(model_type, tmp_path / "estimator").predict_proba(X_test),
                                probabilities, atol=1e-5)

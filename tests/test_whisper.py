@@ -26,6 +26,7 @@ from tests.params_support import REPO, model_params, section
 AUDIO = section("audio", max_seconds=3.0)
 FEATURES = section("features", sets=["whisper"])
 WHISPER = FEATURES["whisper"]
+T_FRAMES = whisper.frame_count(AUDIO, FEATURES)  # audio.max_seconds at 50 / frame_pool frames a second
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_threads_do_not_change_the_numbers(ravdess_clips):
     np.testing.assert_array_equal(one["whisper"], two["whisper"])
 
 
-def test_each_depth_is_pooled_and_the_deepest_feeds_the_frames(ravdess_clips):
+def test_each_depth_is_pooled_and_framed_from_one_pass(ravdess_clips):
     y = load_audio(ravdess_clips[1], AUDIO)
     depths = FEATURES["whisper"]["layers"]  # the default, several depths
     assert len(depths) >= 2
@@ -173,8 +174,10 @@ def test_each_depth_is_pooled_and_the_deepest_feeds_the_frames(ravdess_clips):
              for depth in depths}
     # Graphs with other outputs are fused a little differently by ONNX Runtime: equal to float32 rounding.
     np.testing.assert_allclose(every["whisper"], np.concatenate([alone[d]["whisper"] for d in depths]), atol=1e-4)
-    np.testing.assert_allclose(every["whisper_frames"].astype(np.float32),
-                               alone[depths[-1]]["whisper_frames"].astype(np.float32), atol=2e-3)
+    assert every["whisper_frames"].shape[1] == len(depths)
+    for index, depth in enumerate(depths):  # frames of depth d are the d-th slice, in layers order
+        np.testing.assert_allclose(every["whisper_frames"][:, index].astype(np.float32),
+                                   alone[depth]["whisper_frames"][:, 0].astype(np.float32), atol=2e-3)
     assert not np.allclose(alone[depths[0]]["whisper"], alone[depths[-1]]["whisper"])  # another layer, other numbers
 
 
@@ -211,7 +214,8 @@ def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
     first = extract(y, FEATURES, ["whisper"], AUDIO)
     second = extract(y, FEATURES, ["whisper"], AUDIO)
     assert first["whisper"].shape == (1024 * len(WHISPER["layers"]),) and first["whisper"].dtype == np.float32
-    assert first["whisper_frames"].shape == (75, 512) and first["whisper_frames"].dtype == np.float16
+    assert first["whisper_frames"].shape == (T_FRAMES, len(WHISPER["layers"]), 512)
+    assert first["whisper_frames"].dtype == np.float16
     np.testing.assert_array_equal(first["whisper"], second["whisper"])
     np.testing.assert_array_equal(first["whisper_frames"], second["whisper_frames"])
     params = whisper.whisper_params(FEATURES)
@@ -233,7 +237,8 @@ def test_long_and_short_signals_are_encoded_whole():
         assert len(frames) == 2000                                       # 50 per second, both windows
     short = whisper.whisper_features(long[:1600], 16000, AUDIO, FEATURES)
     assert np.isfinite(short["whisper"]).all()
-    assert not short["whisper_frames"][5:].any()                         # zero-padded at the end
+    assert short["whisper_frames"][0].any()
+    assert not short["whisper_frames"][1:].any()                         # 0.1 s: one frame, then zeros
 
 
 def test_cache_key_names_the_encoder_and_its_settings():
@@ -253,12 +258,12 @@ def test_tiny_end_to_end_run_with_the_encoder_set(ravdess_clips, tmp_path: Path)
                              "pcm_sha256": [f"sha-{i}" for i in ids]})
     params = {**FEATURES, "executor": "serial", "workers": 1, "cache_dir": str(tmp_path / "cache")}
     summary = compute_features(metadata, tmp_path / "features", AUDIO, params, root=REPO, progress=False)
-    assert summary["clips"] == len(ids) and summary["failed"] == 0 and summary["whisper_frames"] == 75
+    assert summary["clips"] == len(ids) and summary["failed"] == 0 and summary["whisper_frames"] == T_FRAMES
     table = load_table(tmp_path / "features", "whisper")
     assert list(table.index) == sorted(ids) and table.shape[1] == 1024 * len(WHISPER["layers"])
     assert list(table.columns[:1]) == [f"whisper_l{WHISPER['layers'][0]}_mean_0000"]
     order, frames = load_sequences(tmp_path / "features", "whisper_frames")
-    assert order == sorted(ids) and frames.shape == (len(ids), 75, 512) and frames.dtype == np.float16
+    assert order == sorted(ids) and frames.shape == (len(ids), T_FRAMES, len(WHISPER["layers"]), 512) and frames.dtype == np.float16
     # Cached: a second run computes nothing.
     again = compute_features(metadata, tmp_path / "features2", AUDIO, params, root=REPO, progress=False)
     assert again["computed"] == 0 and again["from_cache"] == len(ids)

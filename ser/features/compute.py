@@ -222,13 +222,13 @@ def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: di
                 writer.write([uid for uid, _ in chunk], np.stack([found[key] for _, key in chunk]))
         finally:
             writer.close()
-    kinds = {}  # sequence kind -> (set it belongs to, frames, dim)
+    kinds = {}  # sequence kind -> (set it belongs to, shape of one clip's frames)
     if "sequences" in sets:
         frames = n_frames(audio_params, feature_params)
-        kinds.update({kind: ("sequences", frames, dim) for kind, dim in sequence_dims(feature_params).items()})
+        kinds.update({kind: ("sequences", (frames, dim)) for kind, dim in sequence_dims(feature_params).items()})
     if "whisper" in sets and good:
         first = cache.get_many("whisper_frames", hashes["whisper"], [good[0][1]])[good[0][1]]
-        kinds["whisper_frames"] = ("whisper", *first.shape)
+        kinds["whisper_frames"] = ("whisper", tuple(first.shape))
     if not kinds:
         return
     folder = out_dir / store.SEQUENCES_DIR
@@ -236,20 +236,20 @@ def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: di
     pq.write_table(pa.table({"utterance_id": pa.array([uid for uid, _ in good], pa.string()),
                              "row": pa.array(np.arange(len(good)), pa.int64())}),
                    folder / "index.parquet")
-    for kind, (set_name, frames, dim) in kinds.items():
+    for kind, (set_name, shape) in kinds.items():
         dtype = store.SEQUENCE_DTYPES[kind]
         # Streamed with plain writes after the .npy header rather than through a memmap, whose
         # dirty pages would count against the process however large the corpus grows.
         with open(folder / f"{kind}.npy", "wb") as handle:
             np.lib.format.write_array_header_1_0(handle, {
                 "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                "shape": (len(good), frames, dim)})
+                "shape": (len(good), *shape)})
             for chunk in _chunks(good):
                 found = cache.get_many(kind, hashes[set_name], [key for _, key in chunk])
                 block = np.stack([found[key] for _, key in chunk])
-                if block.shape[1:] != (frames, dim) or block.dtype != dtype:
+                if block.shape[1:] != shape or block.dtype != dtype:
                     raise ValueError(f"cached {kind} of shape {block.shape[1:]} {block.dtype}, "
-                                     f"expected ({frames}, {dim}) {dtype}")
+                                     f"expected {shape} {dtype}")
                 handle.write(block.tobytes())
 
 

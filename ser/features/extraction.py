@@ -23,7 +23,7 @@ KINDS_OF_SET: dict[str, tuple[str, ...]] = {
 }
 
 # Bump a set's version when its code changes its numbers, so cached values are recomputed.
-SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1, "whisper": 2}
+SET_VERSIONS = {"functionals": 1, "egemaps": 1, "sequences": 1, "whisper": 3}
 
 # The feature params each set depends on; anything else (sets, cache_dir, executor, workers)
 # changes how features are computed, never their values.
@@ -68,7 +68,7 @@ def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None,
 
     Returns ``functionals`` (1-D), ``egemaps`` (88), ``logmel``/``mfcc``/``fbank``
     (T x D, T fixed by ``audio_params["max_seconds"]``) and/or ``whisper`` (pooled encoder
-    frames) with ``whisper_frames`` (T x d_model) for the requested ``sets`` (None:
+    frames) with ``whisper_frames`` (T x depths x d_model) for the requested ``sets`` (None:
     ``params_features["sets"]``). ``audio_params`` is the ``audio:`` section the signal went
     through (sample rate, fixed length).
     """

@@ -3,8 +3,8 @@ files, never one per clip, written by streaming rows so memory stays bounded.
 
 - ``functionals.parquet`` / ``egemaps.parquet`` / ``whisper.parquet``: ``utterance_id`` + one
   float32 column per value
-- ``sequences/index.parquet`` (``utterance_id``, ``row``) + ``sequences/<kind>.npy`` (N x T x D;
-  float32, float16 for ``whisper_frames``)
+- ``sequences/index.parquet`` (``utterance_id``, ``row``) + ``sequences/<kind>.npy`` (N x T x D
+  float32; ``whisper_frames`` N x T x depths x d_model float16)
 - ``failures.parquet``: ``utterance_id``, ``problem``
 """
 
@@ -75,7 +75,7 @@ def load_table(folder: str | os.PathLike, set_name: str) -> pd.DataFrame:
 
 
 def load_sequences(folder: str | os.PathLike, kind: str) -> tuple[list[str], np.ndarray]:
-    """``(utterance_ids, array[N, T, D])`` of one sequence kind (memory-mapped, read-only)."""
+    """``(utterance_ids, array[N, T, ...])`` of one sequence kind (memory-mapped, read-only)."""
     if kind not in SEQUENCE_DTYPES:
         raise ValueError(f"load_sequences: unknown kind '{kind}'; choose one of {list(SEQUENCE_DTYPES)}")
     folder = Path(folder)

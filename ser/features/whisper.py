@@ -4,9 +4,9 @@ Per clip (the front end's trimmed, normalized signal):
 
 - ``whisper``: for each encoder depth in ``layers``, the mean and the standard deviation over
   the frames that cover speech (2 x d_model values a depth; whisper-base: d_model 512, 6 layers);
-- ``whisper_frames``: the frames of the deepest of ``layers``, average-pooled by ``frame_pool``
-  and cropped (centre) or zero-padded (end) to ``audio.max_seconds``, float16, for the Keras
-  sequence models.
+- ``whisper_frames``: the frames of every depth in ``layers`` (T x depths x d_model), average-pooled
+  in time by ``frame_pool`` and cropped (centre) or zero-padded (end) to ``audio.max_seconds``,
+  float16, for the Keras sequence models (which learn a weighting of the depths).
 
 The middle layers keep more of how something is said than the last one, which is shaped for the
 decoder's transcript, so several depths are pooled. Every depth comes out of one encoder pass:
@@ -322,27 +322,30 @@ def frame_count(audio_params: dict, feature_params: dict) -> int:
     return int(np.ceil(float(audio_params["max_seconds"]) * SAMPLE_RATE / HOP / 2 / pool))
 
 
-def whisper_features(y: np.ndarray, sample_rate: int, audio_params: dict, feature_params: dict
-                     ) -> dict[str, np.ndarray]:
-    """``{"whisper": mean ++ std per depth (2 d_model len(layers),), "whisper_frames": (T, d_model)
-    float16 of the deepest}``."""
-    by_depth = encode_layers(y, sample_rate, feature_params)
-    pooled = np.concatenate([part for frames in by_depth.values()
-                             for part in (frames.mean(axis=0), frames.std(axis=0))]).astype(np.float32)
-    frames = by_depth[max(by_depth)]
-    pool = int(whisper_params(feature_params)["frame_pool"])
+def _pooled_in_time(frames: np.ndarray, pool: int, target: int) -> np.ndarray:
+    """Frames averaged ``pool`` at a time, the centre ``target`` kept, zero-padded at the end."""
     usable = (len(frames) // pool) * pool
-    if usable:
-        frames = frames[:usable].reshape(-1, pool, frames.shape[1]).mean(axis=1)
-    else:
-        frames = frames.mean(axis=0, keepdims=True)
-    target = frame_count(audio_params, feature_params)
+    frames = (frames[:usable].reshape(-1, pool, frames.shape[1]).mean(axis=1) if usable
+              else frames.mean(axis=0, keepdims=True))
     if len(frames) > target:
         start = (len(frames) - target) // 2
         frames = frames[start:start + target]
-    fixed = np.zeros((target, frames.shape[1]), dtype=np.float16)
+    fixed = np.zeros((target, frames.shape[1]), dtype=np.float32)
     fixed[:len(frames)] = frames
-    return {"whisper": pooled, "whisper_frames": fixed}
+    return fixed
+
+
+def whisper_features(y: np.ndarray, sample_rate: int, audio_params: dict, feature_params: dict
+                     ) -> dict[str, np.ndarray]:
+    """``{"whisper": mean ++ std per depth (2 d_model len(layers),), "whisper_frames": (T, depths,
+    d_model) float16}``: both from every depth of ``layers``, in that order."""
+    by_depth = encode_layers(y, sample_rate, feature_params)
+    pooled = np.concatenate([part for frames in by_depth.values()
+                             for part in (frames.mean(axis=0), frames.std(axis=0))]).astype(np.float32)
+    pool = int(whisper_params(feature_params)["frame_pool"])
+    target = frame_count(audio_params, feature_params)
+    frames = np.stack([_pooled_in_time(by_depth[depth], pool, target) for depth in by_depth], axis=1)
+    return {"whisper": pooled, "whisper_frames": frames.astype(np.float16)}
 
 
 def whisper_names(d_model: int, layers: list[int]) -> list[str]:

@@ -1,14 +1,18 @@
 """Keras (TensorFlow backend) families: ``cnn1d``, ``cnn2d``, ``lstm``, ``bilstm``, ``gru``, ``clstm``.
 
-All take a sequence input ``(n, T, D)`` (log-mel, MFCC, filter-bank or Whisper encoder frames);
-a tabular input ``(n, D)`` is read as a length-D sequence of one value. Every network is
+All take a sequence input: ``(n, T, D)`` (log-mel, MFCC, filter banks) or the Whisper encoder's
+frames of several depths ``(n, T, depths, d_model)`` (float16, as stored); a tabular input
+``(n, D)`` is read as a length-D sequence of one value. Every network is
 
-    standardize -> SpecAugment (training only) -> time pooling -> [frame projection] -> body
-    -> statistics pooling (mean + std over time, or attentive) -> dense -> softmax
+    standardize -> [depth weighting] -> SpecAugment (training only) -> time pooling
+    -> [frame projection] -> body -> statistics pooling (mean + std over time, or attentive)
+    -> dense -> softmax
 
 * ``standardize``: a ``Normalization`` layer adapted on the training rows ``fit`` receives, so
   standardization is fitted on the training folds only and is saved inside the model (and
   inside the MLflow Keras flavor).
+* depth weighting: encoder frames of several depths become one frame sequence through a learned
+  softmax-weighted sum of the (standardized) depths.
 * ``SpecAugment``: random time and feature masks, active only while training.
 * time pooling: frames are averaged until at most ``max_steps`` remain (100 frames/s MFCCs
   become ~25/s, 25/s Whisper frames are left alone), which keeps recurrent layers cheap.
@@ -134,6 +138,22 @@ class SpecAugment(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ser")
+class DepthWeighting(keras.layers.Layer):
+    """A learned softmax-weighted sum of an encoder's depths: ``(batch, T, depths, C) -> (batch, T, C)``,
+    as the SSL benchmarks (SUPERB, EmoBox) combine hidden layers; the weights start equal."""
+
+    def build(self, input_shape):
+        self.logits = self.add_weight(name="logits", shape=(int(input_shape[2]),), initializer="zeros")
+
+    def call(self, inputs):
+        weights = keras.ops.softmax(self.logits)
+        return keras.ops.einsum("btdc,d->btc", inputs, weights)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="ser")
 class StatsPooling(keras.layers.Layer):
     """Mean and standard deviation over time: ``(batch, T, C) -> (batch, 2C)``.
 
@@ -247,12 +267,22 @@ def _pool(x, params: dict[str, Any]):
                         name="stats_pooling")(x)
 
 
+def input_dtype(input_shape: tuple[int, ...]) -> str:
+    """Encoder frames of several depths (T, depths, C) are fed as the float16 they are stored in:
+    half the memory of a float32 copy, which for five corpora is gigabytes."""
+    return "float16" if len(input_shape) == 3 else "float32"
+
+
 def build_network(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
                   seed: int | None = None) -> keras.Model:
     dropout = float(params["dropout"])
-    inputs = keras.Input(shape=input_shape, name="features")
-    x = keras.layers.Normalization(axis=-1, name="standardize")(inputs)
-    x = _as_sequence(x, input_shape)
+    inputs = keras.Input(shape=input_shape, name="features", dtype=input_dtype(input_shape))
+    if len(input_shape) == 3:  # (T, depths, C): every value standardized, then the depths weighed
+        x = keras.layers.Normalization(axis=(-2, -1), name="standardize")(keras.ops.cast(inputs, "float32"))
+        x = DepthWeighting(name="depth_weighting")(x)
+    else:
+        x = keras.layers.Normalization(axis=-1, name="standardize")(inputs)
+        x = _as_sequence(x, input_shape)
     if int(params["time_masks"]) > 0 or int(params["freq_masks"]) > 0:
         x = SpecAugment(params["time_masks"], params["time_width"], params["freq_masks"],
                         params["freq_width"], seed=seed, name="spec_augment")(x)
@@ -303,7 +333,7 @@ class KerasEstimator:
         return self.model
 
     def _check(self, X) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
+        X = np.asarray(X, dtype=input_dtype(self.input_shape))
         if X.shape[1:] != self.input_shape:
             raise ValueError(f"{self.model_type}: expected input (n, {', '.join(map(str, self.input_shape))}), got {X.shape}")
         return X
@@ -316,7 +346,9 @@ class KerasEstimator:
         p = self.params
         X = self._check(X)
         y = np.asarray(y, dtype=np.int64)
-        self.model.get_layer("standardize").adapt(X)
+        # adapted in float32 batches: float16 sums over thousands of clips would overflow
+        self.model.get_layer("standardize").adapt(
+            tf.data.Dataset.from_tensor_slices(X).batch(256).map(lambda batch: tf.cast(batch, tf.float32)))
         epochs = int(p["epochs"])
         batch_size = int(p["batch_size"])
         steps = max(1, math.ceil(len(X) / batch_size))
