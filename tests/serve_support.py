@@ -44,29 +44,37 @@ def project_params() -> dict:
     return params()
 
 
-def train_small_bundle(mirror: Path, folder: Path) -> Path:
-    """An SVM ModelBundle on 32 real RAVDESS clips (4 actors x 8 emotions, strong, statement 1)."""
-    key = str(folder)
-    if key in _TRAINED and (folder / "bundle.json").is_file():
-        return folder
+def fit_bundle(mirror: Path, folder: Path, actors, emotions: dict[str, str], model_type: str,
+               feature_input: str, model_params: dict) -> Path:
+    """A ModelBundle of ``model_type`` on ``feature_input``, fitted on the RAVDESS clips (strong,
+    statement 1) of ``actors`` x ``emotions`` (code -> name) and saved to ``folder``. Its inputs
+    come from ``inputs_from_signals``: the features a served clip will get, by the same code."""
     from ser.audio import load_audio
     from ser.models import MODELS
     from ser.models.bundle import ModelBundle
 
     params = project_params()
-    classes = list(RAVDESS_EMOTIONS.values())
+    classes = list(emotions.values())
     clips, labels = [], []
-    for actor in TRAIN_ACTORS:
-        for code, emotion in RAVDESS_EMOTIONS.items():
+    for actor in actors:
+        for code, emotion in emotions.items():
             clips.append(load_audio(ravdess_clip(mirror, actor, code), params["audio"]))
             labels.append(classes.index(emotion))
-    bundle = ModelBundle(model_type="svm", classes=classes, feature_input="both", audio=params["audio"],
-                         features=params["features"], estimator=None)
-    inputs = bundle.inputs_from_signals(clips)  # the features a served clip will get, by the same code
-    bundle.estimator = MODELS["svm"]({**params["model"]["svm"], "C": 10.0, "gamma": "scale"},
-                                      inputs.shape[1:], len(classes), 0)
+    bundle = ModelBundle(model_type=model_type, classes=classes, feature_input=feature_input,
+                         audio=params["audio"], features=params["features"], estimator=None)
+    inputs = bundle.inputs_from_signals(clips)
+    bundle.estimator = MODELS[model_type](model_params, inputs.shape[1:], len(classes), 0)
     bundle.estimator.fit(inputs, np.asarray(labels))
-    bundle.save(folder)
+    return bundle.save(folder)
+
+
+def train_small_bundle(mirror: Path, folder: Path) -> Path:
+    """An SVM ModelBundle on 32 real RAVDESS clips (4 actors x 8 emotions, strong, statement 1)."""
+    key = str(folder)
+    if key in _TRAINED and (folder / "bundle.json").is_file():
+        return folder
+    svm = {**project_params()["model"]["svm"], "C": 10.0, "gamma": "scale"}
+    fit_bundle(mirror, folder, TRAIN_ACTORS, RAVDESS_EMOTIONS, "svm", "both", svm)
     _TRAINED[key] = folder
     return folder
 

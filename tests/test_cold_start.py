@@ -15,10 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.params_support import PARAMS
+from tests.serve_support import fit_bundle, ravdess_clip
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -43,34 +43,10 @@ with open(sys.argv[1], "w") as out:
 pytestmark = pytest.mark.mirror
 
 
-def tiny_clip(mirror: Path, actor: int, code: str) -> Path:
-    intensity = "01" if code == "01" else "02"
-    path = mirror / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{code}-{intensity}-01-01-{actor:02d}.flac"
-    assert path.is_file(), f"missing RAVDESS clip {path}"
-    return path
-
-
 def train_tiny_bundle(mirror: Path, folder: Path) -> Path:
     """A logreg ModelBundle on the ``whisper`` table of 6 real RAVDESS clips (model.logreg of
     params.yaml, the default model type and input), saved to ``folder``."""
-    from ser.audio import load_audio
-    from ser.models import MODELS
-    from ser.models.bundle import ModelBundle
-    from tests.params_support import params as project_params
-
-    params = project_params()
-    classes = list(TINY_CLASSES.values())
-    clips, labels = [], []
-    for actor in TINY_ACTORS:
-        for code, emotion in TINY_CLASSES.items():
-            clips.append(load_audio(tiny_clip(mirror, actor, code), params["audio"]))
-            labels.append(classes.index(emotion))
-    bundle = ModelBundle(model_type="logreg", classes=classes, feature_input="whisper", audio=params["audio"],
-                         features=params["features"], estimator=None)
-    inputs = bundle.inputs_from_signals(clips)
-    bundle.estimator = MODELS["logreg"](params["model"]["logreg"], inputs.shape[1:], len(classes), 0)
-    bundle.estimator.fit(inputs, np.asarray(labels))
-    return bundle.save(folder)
+    return fit_bundle(mirror, folder, TINY_ACTORS, TINY_CLASSES, "logreg", "whisper", PARAMS["model"]["logreg"])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -129,7 +105,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 
 def test_a_bundle_answers_with_nothing_on_stderr_and_without_tensorflow_or_mlflow(tiny_bundle, real_mirror,
                                                                                     tmp_path):
-    clip = tiny_clip(real_mirror, 4, "05")  # an actor the model has not seen
+    clip = ravdess_clip(real_mirror, 4, "05")  # an actor the model has not seen
     result, report = probe_predict(tmp_path, str(clip), "--model", str(tiny_bundle))
 
     rows = table_rows(result.stdout)
@@ -143,7 +119,7 @@ def test_a_bundle_answers_with_nothing_on_stderr_and_without_tensorflow_or_mlflo
 
 
 def test_the_ser_command_itself_prints_only_the_answer(tiny_bundle, real_mirror):
-    clip = tiny_clip(real_mirror, 4, "01")
+    clip = ravdess_clip(real_mirror, 4, "01")
     result = subprocess.run([PYTHON, "-m", "ser", "predict", str(clip), "--model", str(tiny_bundle), "--format",
                              "json"], cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env())
     assert result.returncode == 0, result.stderr
@@ -156,7 +132,7 @@ def test_the_registered_default_model_loads_without_mlflow_pyfunc_and_without_wa
                                                                                          real_mirror, tmp_path):
     """No --model: the @champion version; resolved by MLflow, read without its pyfunc machinery
     (and without its reminder about type hints); the same answer as the bundle it holds."""
-    clip = tiny_clip(real_mirror, 4, "05")
+    clip = ravdess_clip(real_mirror, 4, "05")
     result, report = probe_predict(tmp_path, str(clip), "--format", "json", env=clean_env(MLFLOW_TRACKING_URI=registry))
     assert result.stderr == ""
     modules = report["modules"]
@@ -204,7 +180,7 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     assert (predictor.window_s, predictor.hop_s) == (expected.window_s, expected.hop_s) \
         == (params["predict"]["window_s"], params["predict"]["hop_s"])  # the logged windowing, not the argument
     assert predictor.classes == expected.classes
-    clip = tiny_clip(real_mirror, 5, "05")
+    clip = ravdess_clip(real_mirror, 5, "05")
     got, want = predictor.predict_source(clip), expected.predict_source(clip)
     assert got.label == want.label and got.probabilities == pytest.approx(want.probabilities, abs=1e-12)
 
@@ -243,7 +219,7 @@ def test_the_encoder_runs_on_the_threads_the_predictor_asks_for(tiny_bundle, rea
     from ser.predict import Predictor
     from ser.serve.workers import _thread_report
 
-    clip = tiny_clip(real_mirror, 4, "05")
+    clip = ravdess_clip(real_mirror, 4, "05")
     predictor = Predictor.from_bundle_dir(tiny_bundle, window_s=3.0, hop_s=1.5).use_threads(1)
     assert predictor.bundle.features["whisper"]["threads"] == 1
     alone = predictor.predict_source(clip)
