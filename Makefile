@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONWARNINGS := ignore::DeprecationWarning
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup repro test test-fast gate bench clean-venv
+.PHONY: setup browser repro test test-fast gate bench clean-venv
 
 setup: $(STAMP)
 
@@ -19,10 +19,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -c "import ser, tensorflow, opensmile, librosa, mlflow, dvc" 
 	touch $@
 
+# Headless Chromium + chromedriver for the web page's tests (Debian packages; root installs them).
+browser:
+	tools/install_browser.sh
+
 repro: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH dvc repro
 
-test: setup
+test: setup browser
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
 test-fast: setup

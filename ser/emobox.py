@@ -176,7 +176,8 @@ def fit_and_predict(params: dict[str, Any], inputs: ModelInputs, n_classes: int,
     model_type, type_params, seed, weighting = _recipe(params)
     X_fit, y_all, corpora = _training_rows(inputs, augmented, list(fit_ids), np.asarray(y_fit, dtype=np.int64),
                                            np.asarray(fit_corpora, dtype=object))
-    estimator = MODELS[model_type](type_params, inputs.X.shape[1:], n_classes, seed)
+    estimator = MODELS[model_type](type_params, inputs.X.shape[1:], n_classes, seed,
+                                   feature_names=list(inputs.feature_names) or None)
     has_val = bool(val_ids)
     estimator.fit(X_fit, y_all, inputs.rows(val_ids) if has_val else None,
                   np.asarray(y_val, dtype=np.int64) if has_val else None,

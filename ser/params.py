@@ -154,6 +154,7 @@ class CrossCorpusParams(Section):
 class LogregParams(Section):
     C: float
     max_iter: int
+    std_weight: float = Field(gt=0.0, le=1.0)
     input: str
 
 

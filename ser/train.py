@@ -216,6 +216,7 @@ class LabelledData:
     copies: pd.DataFrame | None = None  # augmented rows: utterance_id, source_utterance_id (+ fold, group once placed)
     copies_X: np.ndarray | None = None
     copies_y: np.ndarray | None = None
+    feature_names: list[str] | None = None  # a table's columns (None: frame sequences)
 
     def keep_placed_copies(self, placed: pd.DataFrame) -> None:
         """Keep the copies ``splits.augmented_folds`` placed in folds (those of labelled clips),
@@ -265,7 +266,8 @@ def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelI
     copies_X = augmented.X if augmented is not None else None
     if speaker_norm == "speaker":
         X, copies_X = _normalize_speakers(usable, inputs, clips, X, augmented)
-    data = LabelledData(clips, classes, X, y, speaker_norm, without_features)
+    data = LabelledData(clips, classes, X, y, speaker_norm, without_features,
+                        feature_names=list(inputs.feature_names) or None)
     if train_params["use_augmented"] and augmented is not None:
         data.copies = pd.DataFrame({"utterance_id": augmented.ids, "source_utterance_id": augmented.sources})
         data.copies_X = copies_X
@@ -312,7 +314,7 @@ def fit_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str
                                           int(split_params["seed"]) + int(fold), protocol)
     X_fit, y_fit, corpora_fit = data.training_rows(train_side & ~validation)
     estimator = MODELS[model_type](params["model"][model_type], data.X.shape[1:], len(data.classes),
-                                   int(train_params["seed"]))
+                                   int(train_params["seed"]), feature_names=data.feature_names)
     with run.fold(fold):
         history = estimator.fit(X_fit, y_fit,
                                 data.X[validation] if validation.any() else None,
@@ -337,7 +339,8 @@ def fit_final(data: LabelledData, model_type: str, type_params: dict[str, Any], 
     """The final estimator on every labelled clip (and every copy of them); returns it with its history."""
     X, y, corpora = data.training_rows(np.arange(len(data.y)))
     train_params = params["train"]
-    final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), int(train_params["seed"]))
+    final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), int(train_params["seed"]),
+                               feature_names=data.feature_names)
     history = final.fit(X, y, sample_weight=sample_weights(y, corpora, train_params["class_weight"]))
     return final, history
 

@@ -1,9 +1,10 @@
 """Shared by the prediction, serving, web and report tests: the mirror, real clips, a small model.
 
 Clips come from the ``real_mirror`` fixture (tests/conftest.py), which fails when the corpora
-are missing. The small model is a real ModelBundle (an SVM on functionals + eGeMAPS) trained on a few dozen
-real RAVDESS clips, so these tests exercise the same code a trained pipeline model does without
-depending on the full pipeline having run. It is trained once per test session.
+are missing. The small model is a real ModelBundle of the shipped model type on its default input (the
+logistic regression on the pooled encoder) trained on a few dozen real RAVDESS clips, so these
+tests exercise the code and the encoder a trained pipeline model does without depending on the
+full pipeline having run. It is trained once per test session.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def fit_bundle(mirror: Path, folder: Path, actors, emotions: dict[str, str], mod
     statement 1) of ``actors`` x ``emotions`` (code -> name) and saved to ``folder``. Its inputs
     come from ``inputs_from_signals``: the features a served clip will get, by the same code."""
     from ser.audio import load_audio
+    from ser.features.compute import table_columns
+    from ser.features.store import TABLE_SETS
     from ser.models import MODELS
     from ser.models.bundle import ModelBundle
 
@@ -63,18 +66,26 @@ def fit_bundle(mirror: Path, folder: Path, actors, emotions: dict[str, str], mod
     bundle = ModelBundle(model_type=model_type, classes=classes, feature_input=feature_input,
                          audio=params["audio"], features=params["features"], estimator=None)
     inputs = bundle.inputs_from_signals(clips)
-    bundle.estimator = MODELS[model_type](model_params, inputs.shape[1:], len(classes), 0)
+    if feature_input in TABLE_SETS:  # named columns, as the features stage writes them
+        bundle.feature_names = table_columns(feature_input, params["features"], inputs.shape[1])
+    bundle.estimator = MODELS[model_type](model_params, inputs.shape[1:], len(classes), 0,
+                                          feature_names=bundle.feature_names or None)
     bundle.estimator.fit(inputs, np.asarray(labels))
     return bundle.save(folder)
 
 
 def train_small_bundle(mirror: Path, folder: Path) -> Path:
-    """An SVM ModelBundle on 32 real RAVDESS clips (4 actors x 8 emotions, strong, statement 1)."""
+    """The model the pipeline ships (params.yaml's ``model.type`` on its default input: the
+    encoder), fitted on 32 real RAVDESS clips (4 actors x 8 emotions, strong, statement 1)."""
     key = str(folder)
     if key in _TRAINED and (folder / "bundle.json").is_file():
         return folder
-    svm = {**project_params()["model"]["svm"], "C": 10.0, "gamma": "scale"}
-    fit_bundle(mirror, folder, TRAIN_ACTORS, RAVDESS_EMOTIONS, "svm", "both", svm)
+    from ser.models import resolve_feature_input
+
+    model = project_params()["model"]
+    model_type = model["type"]
+    feature_input = resolve_feature_input(model_type, model["features"], model[model_type])
+    fit_bundle(mirror, folder, TRAIN_ACTORS, RAVDESS_EMOTIONS, model_type, feature_input, model[model_type])
     _TRAINED[key] = folder
     return folder
 

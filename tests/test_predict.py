@@ -116,6 +116,34 @@ def test_ser_console_script_reads_folders_as_a_table(small_bundle, real_mirror, 
 
 
 @pytest.mark.mirror
+def test_a_folder_with_a_broken_file_gets_its_error_row_in_the_table_and_exit_status_1(small_bundle, real_mirror,
+                                                                                      tmp_path):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / "a.flac").symlink_to(ravdess_clip(real_mirror, 16, "03"))
+    (folder / "b.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE but not really audio")
+    result = run_ser("predict", str(folder), "--model", str(small_bundle))
+
+    assert result.returncode == 1, result.stderr
+    rows = result.stdout.strip().splitlines()[1:]
+    assert len(rows) == 2 and rows[0].split()[0] == str(folder / "a.flac")
+    assert rows[1].startswith(str(folder / "b.wav")) and "ERROR:" in rows[1] and "cannot decode" in rows[1]
+    assert "ERROR" not in rows[0]
+
+
+@pytest.mark.mirror
+def test_a_folder_without_audio_is_exit_status_2_with_the_reason(small_bundle, tmp_path):
+    folder = tmp_path / "nothing-here"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not audio")
+    result = run_ser("predict", str(folder), "--model", str(small_bundle))
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"ser predict: no audio files found in {folder}"
+
+
+@pytest.mark.mirror
 def test_a_long_recording_gets_one_prediction_per_window_and_their_mean(small_bundle, real_mirror, tmp_path):
     predictor = Predictor.from_bundle_dir(small_bundle, window_s=3.0, hop_s=1.5)
     recording = tmp_path / "call.wav"

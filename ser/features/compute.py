@@ -207,13 +207,25 @@ def _chunks(items: Sequence, size: int = _WRITE_CHUNK):
         yield items[start:start + size]
 
 
+def table_columns(set_name: str, feature_params: dict, values_per_clip: int) -> list[str]:
+    """Column names of a table set whose clips have ``values_per_clip`` values each (the encoder's
+    width is read from that count)."""
+    if set_name == "functionals":
+        return functional_names(feature_params)
+    if set_name == "egemaps":
+        return list(EGEMAPS_NAMES)
+    if set_name == "whisper":
+        layers = layers_of(whisper_params(feature_params))
+        return whisper_names(values_per_clip // (2 * len(layers)), layers)
+    raise ValueError(f"'{set_name}' is not a table set; choose one of {list(store.TABLE_SETS)}")
+
+
 def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: dict[str, str],
                 out_dir: Path, audio_params: dict, feature_params: dict, cache: FeatureCache) -> None:
     columns = {"functionals": functional_names(feature_params), "egemaps": list(EGEMAPS_NAMES)}
     if "whisper" in sets and good:
         first = cache.get_many("whisper", hashes["whisper"], [good[0][1]])[good[0][1]]
-        layers = layers_of(whisper_params(feature_params))
-        columns["whisper"] = whisper_names(len(first) // (2 * len(layers)), layers)
+        columns["whisper"] = table_columns("whisper", feature_params, len(first))
     for name in (s for s in sets if s in store.TABLE_SETS):
         writer = store.TableWriter(out_dir / f"{name}.parquet", columns.get(name, []))
         try:

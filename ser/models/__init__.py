@@ -1,4 +1,5 @@
-"""One registry of model families: ``MODELS[type](params_of_type, input_shape, n_classes, seed)``.
+"""One registry of model families: ``MODELS[type](params_of_type, input_shape, n_classes, seed,
+feature_names=None)`` (the column names of a table input, which some params refer to).
 
 Every estimator has ``fit(X, y, X_val=None, y_val=None, sample_weight=None) -> history``
 (a dict of per-epoch lists, ``{}`` for models without epochs), ``predict_proba(X)``,
@@ -13,7 +14,7 @@ after opensmile (see ``ser.models.keras_models``).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ser.models.bundle import FEATURE_INPUTS, SEQUENCE_INPUTS, TABULAR_INPUTS, ModelBundle, is_feature_input
@@ -32,9 +33,10 @@ def _module_for(model_type: str):
 
 
 def _factory(model_type: str) -> Callable[..., Any]:
-    def build(params_of_type: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, seed: int):
+    def build(params_of_type: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, seed: int,
+              feature_names: Sequence[str] | None = None):
         return _module_for(model_type).build(model_type, params_of_type or {}, tuple(input_shape),
-                                             int(n_classes), int(seed))
+                                             int(n_classes), int(seed), feature_names=feature_names)
 
     build.__name__ = f"build_{model_type}"
     return build

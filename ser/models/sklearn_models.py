@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,16 +73,42 @@ def _classifier(model_type: str, params: dict[str, Any], seed: int):
     raise ValueError(f"'{model_type}' is not a scikit-learn model type")
 
 
-def _pipeline(model_type: str, params: dict[str, Any], seed: int) -> Pipeline:
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+# Columns that hold a pooled standard deviation: whisper_l3_std_0042, mfcc_00_std, ...
+STD_COLUMN = re.compile(r"(^|_)std(_|$)")
 
-    return Pipeline([("scale", StandardScaler()), ("model", _classifier(model_type, params, seed))])
+
+def std_column_weights(feature_names: Sequence[str] | None, std_weight: float) -> np.ndarray | None:
+    """Per-column factors applied after standardization: ``std_weight`` on the pooled
+    standard-deviation columns, 1 elsewhere (None when there is nothing to weigh). Under an L2
+    penalty a column scaled by w costs 1/w^2 as much to use: the model leans on the means."""
+    if feature_names is None or std_weight == 1.0:
+        return None
+    is_std = np.array([bool(STD_COLUMN.search(name)) for name in feature_names])
+    if not is_std.any():
+        return None
+    return np.where(is_std, std_weight, 1.0).astype(np.float32)
+
+
+def weigh_columns(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return X * weights
+
+
+def _pipeline(model_type: str, params: dict[str, Any], seed: int,
+              feature_names: Sequence[str] | None = None) -> Pipeline:
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    steps = [("scale", StandardScaler())]
+    weights = std_column_weights(feature_names, float(params["std_weight"])) if "std_weight" in params else None
+    if weights is not None:
+        steps.append(("weigh", FunctionTransformer(weigh_columns, kw_args={"weights": weights})))
+    return Pipeline([*steps, ("model", _classifier(model_type, params, seed))])
 
 
 class SklearnEstimator:
     def __init__(self, model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
-                 n_classes: int, seed: int, pipeline: Pipeline | None = None):
+                 n_classes: int, seed: int, pipeline: Pipeline | None = None,
+                 feature_names: Sequence[str] | None = None):
         if len(input_shape) != 1:
             raise ValueError(f"{model_type} needs a tabular input (n, features); got per-row shape {input_shape}")
         self.model_type = model_type
@@ -88,7 +116,9 @@ class SklearnEstimator:
         self.input_shape = tuple(input_shape)
         self.n_classes = n_classes
         self.seed = seed
-        self.pipeline = _pipeline(model_type, params, seed) if pipeline is None else pipeline
+        if feature_names is not None and len(feature_names) != self.input_shape[0]:
+            raise ValueError(f"{model_type}: {len(feature_names)} feature names for {self.input_shape[0]} columns")
+        self.pipeline = _pipeline(model_type, params, seed, feature_names) if pipeline is None else pipeline
 
     @property
     def flavor_model(self) -> Pipeline:
@@ -115,7 +145,7 @@ class SklearnEstimator:
         from sklearn.metrics import log_loss
         from tqdm.auto import tqdm
 
-        scaler = self.pipeline.named_steps["scale"]  # a StandardScaler
+        scaler = self.pipeline[:-1]  # StandardScaler (and column weights)
         mlp = self.pipeline.named_steps["model"]  # an MLPClassifier
         X_scaled = scaler.fit_transform(X)
         mlp.set_params(batch_size=max(1, min(int(self.params["batch_size"]), len(X))))
@@ -182,8 +212,8 @@ class SklearnEstimator:
 
 
 def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
-          seed: int) -> SklearnEstimator:
-    return SklearnEstimator(model_type, params, input_shape, n_classes, seed)
+          seed: int, feature_names: Sequence[str] | None = None) -> SklearnEstimator:
+    return SklearnEstimator(model_type, params, input_shape, n_classes, seed, feature_names=feature_names)
 
 
 def load(folder: str | os.PathLike) -> SklearnEstimator:
