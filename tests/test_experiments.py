@@ -138,6 +138,10 @@ def test_gate_exit_status_against_the_committed_metrics(tmp_path):
     loco_metrics.write_text(json.dumps({**loco, "headline": {"mean_uar": 0.56}}))
     failed = subprocess.run(gate, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert failed.returncode == 1
+    # CI's path runs `dvc repro` first: a pipeline that does not reproduce fails the gate with 2
+    # (here a repository that is not a DVC project)
+    unreproducible = subprocess.run(gate[:-1], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert unreproducible.returncode == 2 and "gate: FAIL: dvc repro failed" in unreproducible.stderr
     assert "metrics/cross_corpus.json: headline.mean_uar: 0.5600 < committed 0.6000" in failed.stderr
     loco_metrics.unlink()
     failed = subprocess.run(gate, cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -309,20 +309,6 @@ def test_sets_select_outputs_and_no_cache_dir_still_works(tmp_path, corpus):
         run(corpus, out, None, sets=["functionals", "wav2vec"])
 
 
-def test_process_pool_gives_the_same_outputs_as_serial(tmp_path, corpus):
-    serial = run(corpus, tmp_path / "serial", None, sets=["functionals", "sequences"])
-    pooled = compute_features(corpus, tmp_path / "pooled", AUDIO,
-                              {**FEATURES, "sets": ["functionals", "sequences"], "executor": "process",
-                               "workers": 2},
-                              root=REPO, cache_dir=tmp_path / "cache", progress=False)
-    assert serial["clips"] == pooled["clips"] == 5
-    pd.testing.assert_frame_equal(load_table(tmp_path / "serial", "functionals"),
-                                  load_table(tmp_path / "pooled", "functionals"))
-    np.testing.assert_array_equal(load_sequences(tmp_path / "serial", "logmel")[1],
-                                  load_sequences(tmp_path / "pooled", "logmel")[1])
-    assert load_failures(tmp_path / "pooled")["utterance_id"].tolist() == ["toy_broken"]
-
-
 @pytest.mark.slow
 def test_features_stage_script_end_to_end(tmp_path, corpus):
     metadata_path = tmp_path / "metadata.parquet"

@@ -85,6 +85,21 @@ def test_std_weight_scales_only_the_pooled_std_columns_after_standardization():
         MODELS["logreg"](model_params("logreg"), (2,), 2, 0, feature_names=["a", "b", "c"])
 
 
+def test_svm_probabilities_come_from_calibration_folds_platt_scaling():
+    X, y = separable_rows((10,), per_class=30)
+    X_test, y_test = separable_rows((10,), per_class=10, seed=1)
+    probabilities = {}
+    for folds in (2, 5):
+        estimator = MODELS["svm"](tiny("svm", calibration_folds=folds), (10,), N_CLASSES, 0)
+        estimator.fit(X, y)
+        assert estimator.pipeline.named_steps["model"].cv == folds
+        probabilities[folds] = estimator.predict_proba(X_test)
+        assert np.mean(probabilities[folds].argmax(axis=1) == y_test) > 0.9
+        np.testing.assert_allclose(probabilities[folds].sum(axis=1), 1.0, atol=1e-9)
+    # the sigmoid is fitted on other held-out decision values with 2 folds than with 5
+    assert np.abs(probabilities[2] - probabilities[5]).max() > 1e-3
+
+
 def test_a_class_missing_from_training_keeps_its_column():
     X, y = separable_rows((10,))
     keep = y != 1

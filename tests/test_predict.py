@@ -160,7 +160,7 @@ def test_a_long_recording_gets_one_prediction_per_window_and_their_mean(small_bu
     assert prediction.windows[-1].end_s == pytest.approx(prediction.duration_s, abs=1e-3)
 
 
-def test_the_default_model_is_the_registered_one_and_its_absence_is_explained(tmp_path, monkeypatch):
+def test_without_a_champion_version_the_default_model_lookup_says_to_run_ser_promote(tmp_path, monkeypatch):
     from ser.pyfunc import load_predictor
 
     from tests.params_support import PARAMS

@@ -1,5 +1,7 @@
-"""``ser serve`` under load: several predictor processes, a bounded queue, a deadline per request,
-/health; and the served MLflow model's ``path`` column, off by default and confined when on.
+"""``ser serve``'s admission and worker rules, request by request: two predictor processes
+answering side by side, a full queue refused, a runaway request stopped at its deadline and its
+worker replaced, /health; and the served MLflow model's ``path`` column, off by default and
+confined when on. Throughput under many clients is a benchmark (benchmarks/bench_serve.py).
 
 The slow requests are long real recordings (about 0.2 s of CPU per 3 s window for the small
 model), so they are slow for the same reason a real upload is.

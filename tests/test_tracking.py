@@ -9,6 +9,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -165,6 +167,30 @@ def test_the_champion_alias_names_the_default_model(tracked_run):
     assert info["metrics"]["uar"] == pytest.approx(json.loads((folder / "evaluate.json").read_text())["uar"])
     with pytest.raises(MlflowException, match=r"Model Version \(name=ser-emotion-test, version=7\) not found"):
         tracking.promote(uri, "ser-emotion-test", "7")
+
+
+def test_ser_promote_moves_an_alias_and_explains_a_missing_version(tracked_run, tmp_path):
+    """The ``ser promote`` command (an alias of its own, so the @champion test is unaffected)."""
+    result, folder, params = tracked_run
+    project_dir = tmp_path / "project"
+    project_dir.mkdir()
+    text = (project.repo_root(Path(__file__).parent) / "params.yaml").read_text()
+    assert "  registered_model: ser-emotion\n" in text
+    (project_dir / "params.yaml").write_text(text.replace("  registered_model: ser-emotion\n",
+                                                          "  registered_model: ser-emotion-test\n"))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DVC_ROOT": str(project_dir), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "ser", "promote"]
+
+    moved = subprocess.run([*command, "1", "--alias", "staging"], cwd=project_dir, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.startswith(f"ser-emotion-test version 1 (run {result.run_id}) is now @staging")
+    assert tracking.model_version_info(uri, "models:/ser-emotion-test@staging")["version"] == "1"
+    missing = subprocess.run([*command, "9", "--alias", "staging"], cwd=project_dir, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.startswith("ser promote: ") and "version=9" in missing.stderr
 
 
 def test_git_commit_is_the_head_of_the_repository_or_unknown(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ser import splits
 from ser.evaluate import evaluate
 from ser.models import ModelBundle
 from ser.train import ModelInputs, make_labels, sample_weights, train
@@ -258,12 +259,34 @@ def test_uar_ignores_classes_a_corpus_does_not_have():
     assert one_wrong["uar"] == 0.5
 
 
+def test_speaker_norm_standardizes_each_speaker_with_its_clips_and_is_labelled_transductive(tmp_path):
+    from ser.train import labelled_data
+
+    metadata = generated_metadata()
+    inputs, copies = generated_inputs(metadata)
+    params = small_params("svm")
+    params["train"]["speaker_norm"] = "speaker"
+    data = labelled_data(metadata, inputs, copies, params["train"], "both")
+    for speaker, rows in data.clips.groupby("speaker").indices.items():
+        own = inputs.rows(metadata.loc[metadata["speaker"] == speaker, "utterance_id"])
+        expected = (inputs.rows(data.clips["utterance_id"].iloc[rows]) - own.mean(axis=0)) / own.std(axis=0)
+        np.testing.assert_allclose(data.X[rows], expected, rtol=1e-4, atol=1e-4, err_msg=speaker)
+    result = train(metadata, inputs, copies, params, tmp_path / "train")
+    summary, _ = evaluate(tmp_path / "train", tmp_path / "evaluate.json", tmp_path / "plots")
+    assert result.bundle.speaker_norm == "speaker"
+    assert summary["speaker_norm"] == "speaker" and summary["transductive"] is True
+    plain = train(metadata, inputs, copies, small_params("svm"), tmp_path / "plain")
+    assert plain.info["transductive"] is False and result.info["transductive"] is True
+
+
 def test_leave_one_corpus_out_scores_each_corpus_from_the_others(tmp_path):
     metadata = generated_metadata()
     inputs, copies = generated_inputs(metadata)
     result = train(metadata, inputs, copies, small_params("svm", protocol="leave_one_corpus_out"), tmp_path / "train")
-    assert result.oof.groupby("corpus")["fold"].nunique().tolist() == [1, 1]
-    assert result.oof["fold"].nunique() == 2
+    # every clip is scored once, by the model of the fold that held its whole corpus out
+    held_out = splits.assign_folds(metadata, "leave_one_corpus_out")["fold"]
+    assert sorted(result.oof["utterance_id"]) == sorted(metadata["utterance_id"])
+    assert (result.oof["fold"].to_numpy() == held_out.loc[result.oof["utterance_id"]].to_numpy()).all()
     summary, _ = evaluate(tmp_path / "train", tmp_path / "evaluate.json", tmp_path / "plots")
     assert summary["protocol"] == "leave_one_corpus_out" and summary["speaker_dependent"] is False
     assert set(summary["per_corpus"]) == {"ravdess", "tess"}
