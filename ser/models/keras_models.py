@@ -357,8 +357,9 @@ class KerasEstimator:
         order = tf.data.Dataset.range(len(X))
         if shuffle:
             order = order.shuffle(len(X), seed=self.seed, reshuffle_each_iteration=True)
-        gathered = order.batch(batch_size).map(lambda rows: tuple(tf.gather(t, rows) for t in tensors))
-        return gathered.map(lambda *batch: batch if len(batch) > 1 else batch[0]).prefetch(1)
+        if len(tensors) == 1:  # inputs alone (predict)
+            return order.batch(batch_size).map(lambda rows: tf.gather(tensors[0], rows)).prefetch(1)
+        return order.batch(batch_size).map(lambda rows: tuple(tf.gather(t, rows) for t in tensors)).prefetch(1)
 
     def fit(self, X, y, X_val=None, y_val=None, sample_weight: np.ndarray | None = None) -> dict[str, list]:
         make_deterministic(self.seed)
