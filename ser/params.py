@@ -155,6 +155,7 @@ class LogregParams(Section):
     C: float
     max_iter: int
     std_weight: float = Field(gt=0.0, le=1.0)
+    embedding_norm: bool
     input: str
 
 

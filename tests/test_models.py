@@ -85,6 +85,38 @@ def test_std_weight_scales_only_the_pooled_std_columns_after_standardization():
         MODELS["logreg"](model_params("logreg"), (2,), 2, 0, feature_names=["a", "b", "c"])
 
 
+def test_embedding_norm_standardizes_each_pooled_encoder_vector_within_the_clip_before_the_scaler():
+    from ser.models.sklearn_models import embedding_groups
+
+    names = [f"whisper_l{d}_{stat}_{i:04d}" for d in (2, 5) for stat in ("mean", "std") for i in range(4)]
+    names += ["mfcc_00_mean", "mfcc_00_std"]
+    groups = embedding_groups(names)
+    assert groups.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert embedding_groups(["mfcc_00_mean", "rms_std"]) is None and embedding_groups(None) is None
+    with pytest.raises(ValueError, match=r"different widths \[1, 2\]"):
+        embedding_groups(["whisper_l1_mean_0000", "whisper_l1_mean_0001", "whisper_l1_std_0000"])
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, len(names))).astype(np.float32)
+    estimator = MODELS["logreg"](model_params("logreg", embedding_norm=True), (len(names),), 2, 0, feature_names=names)
+    normalized = estimator.pipeline.named_steps["normalize_embeddings"].transform(X)
+    for row in range(len(X)):
+        for start in range(0, 16, 4):
+            vector = X[row, start:start + 4].astype(np.float64)
+            expected = (vector - vector.mean()) / vector.std()
+            np.testing.assert_allclose(normalized[row, start:start + 4], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(normalized[:, 16:], X[:, 16:])  # not an encoder vector: untouched
+    # A clip recorded louder or through another channel (an offset and gain on a whole vector)
+    # looks the same to the classifier.
+    shifted = X.copy()
+    shifted[:, 4:8] = 3.0 * shifted[:, 4:8] + 2.0
+    np.testing.assert_allclose(estimator.pipeline.named_steps["normalize_embeddings"].transform(shifted),
+                               normalized, atol=1e-4)
+    assert list(estimator.pipeline.named_steps)[:2] == ["normalize_embeddings", "scale"]
+    plain = MODELS["logreg"](model_params("logreg", embedding_norm=False), (len(names),), 2, 0, feature_names=names)
+    assert "normalize_embeddings" not in plain.pipeline.named_steps
+
+
 def test_svm_probabilities_come_from_calibration_folds_platt_scaling():
     X, y = separable_rows((10,), per_class=30)
     X_test, y_test = separable_rows((10,), per_class=10, seed=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from ser import splits
 from ser.evaluate import evaluate
@@ -220,10 +221,24 @@ def test_evaluate_writes_metrics_and_plots(tmp_path):
 
     written = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert written == json.loads(json.dumps(summary))
-    for name in ("uar", "accuracy", "macro_f1"):
-        assert 0.0 <= written[name] <= 1.0
-        assert len(written["folds"][name]["values"]) == 4
-        assert written["folds"][name]["mean"] == pytest.approx(np.mean(written["folds"][name]["values"]), abs=1e-5)
+    # Every figure recomputed from the out-of-fold predictions with scikit-learn's own scorers,
+    # and the true labels checked against the metadata the model was trained on.
+    oof = pd.read_parquet(tmp_path / "train" / "oof_predictions.parquet")
+    truth = metadata.set_index("utterance_id").loc[oof["utterance_id"], "emotion"].to_numpy()
+    assert (oof["y_true"].to_numpy() == truth).all() and len(oof) == len(metadata)
+    expected = {"uar": balanced_accuracy_score, "accuracy": accuracy_score,
+                "macro_f1": lambda t, p: f1_score(t, p, average="macro", labels=sorted(set(t)))}
+    folds = [rows for _, rows in oof.groupby("fold")]
+    assert len(folds) == 4
+    for name, scorer in expected.items():
+        assert written[name] == pytest.approx(scorer(truth, oof["y_pred"]), abs=1e-9)
+        per_fold = [scorer(rows["y_true"], rows["y_pred"]) for rows in folds]
+        assert written["folds"][name]["values"] == pytest.approx(per_fold, abs=1e-6)
+        assert written["folds"][name]["std"] == pytest.approx(np.std(per_fold), abs=1e-6)
+    tess = oof[oof["corpus"] == "tess"]
+    assert written["per_corpus"]["tess"]["uar"] == pytest.approx(balanced_accuracy_score(tess["y_true"], tess["y_pred"]))
+    sad = oof["y_true"] == "sad"
+    assert written["per_class"]["sad"]["recall"] == pytest.approx((oof.loc[sad, "y_pred"] == "sad").mean())
     assert written["protocol"] == "speaker_kfold" and written["speaker_dependent"] is False
     assert set(written["per_class"]) == set(EMOTIONS)
     assert set(written["per_class"]["sad"]) == {"precision", "recall", "f1", "support"}

@@ -93,12 +93,50 @@ def weigh_columns(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return X * weights
 
 
+# Columns of a pooled encoder vector: whisper_l3_mean_0042 is value 42 of depth 3's mean.
+EMBEDDING_COLUMN = re.compile(r"^(whisper_l\d+_(?:mean|std))_\d+$")
+
+
+def embedding_groups(feature_names: Sequence[str] | None) -> np.ndarray | None:
+    """Column indices of each pooled encoder vector, one row per (depth, statistic); None when
+    the table has none. Every vector of one encoder has the encoder's width."""
+    if feature_names is None:
+        return None
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(feature_names):
+        match = EMBEDDING_COLUMN.match(name)
+        if match:
+            groups.setdefault(match.group(1), []).append(index)
+    if not groups:
+        return None
+    widths = {len(columns) for columns in groups.values()}
+    if len(widths) != 1:
+        raise ValueError(f"pooled encoder vectors of different widths {sorted(widths)}: {sorted(groups)}")
+    return np.array(list(groups.values()), dtype=np.int64)
+
+
+def normalize_embeddings(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each clip's pooled encoder vectors standardized over their own values (a layer norm of
+    the vector, no learned scale): what a recording's level and channel add to every value of a
+    vector goes, its shape stays. Uses the clip alone, so it is not transductive."""
+    X = np.array(X, dtype=np.float32)
+    vectors = X[:, groups]
+    mean = vectors.mean(axis=-1, keepdims=True)
+    std = vectors.std(axis=-1, keepdims=True)
+    X[:, groups] = (vectors - mean) / (std + 1e-6)
+    return X
+
+
 def _pipeline(model_type: str, params: dict[str, Any], seed: int,
               feature_names: Sequence[str] | None = None) -> Pipeline:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    steps = [("scale", StandardScaler())]
+    steps = []
+    groups = embedding_groups(feature_names) if params.get("embedding_norm") else None
+    if groups is not None:
+        steps.append(("normalize_embeddings", FunctionTransformer(normalize_embeddings, kw_args={"groups": groups})))
+    steps.append(("scale", StandardScaler()))
     weights = std_column_weights(feature_names, float(params["std_weight"])) if "std_weight" in params else None
     if weights is not None:
         steps.append(("weigh", FunctionTransformer(weigh_columns, kw_args={"weights": weights})))
