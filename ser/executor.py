@@ -179,13 +179,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="ser-exit-with-parent", daemon=True).start()
 
 
-def _init_worker() -> None:
+def init_worker_process() -> None:
+    """What every spawned worker of ser does first: its own numba cache, and an end with its parent."""
     use_private_numba_cache()
     _exit_with_parent()
 
 
 def _spawn_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker_process)
 
 
 def _workers(pool: ProcessPoolExecutor) -> list:

@@ -141,6 +141,7 @@ class TrainParams(Section):
     calibrate: bool
     speaker_norm: Literal["none", "speaker"]
     seed: int
+    workers: int = Field(ge=0)
 
 
 class CrossCorpusParams(Section):

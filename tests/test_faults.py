@@ -172,7 +172,7 @@ def committed_clips(cache_file: Path) -> int:
     if not cache_file.exists():
         return 0
     try:
-        with sqlite3.connect(cache_file, timeout=1) as db:
+        with sqlite3.connect(cache_file, timeout=0.05) as db:
             return db.execute("SELECT COUNT(*) FROM entries WHERE kind = 'functionals'").fetchone()[0]
     except sqlite3.OperationalError:  # the table is being created
         return 0
@@ -215,11 +215,16 @@ def interrupt_once_clips_are_committed(stage: subprocess.Popen, cache_file: Path
     return workers
 
 
+# Enough clips that the stage is still busy when the signal lands: once warm it computes about
+# 100 one-second clips a second, and with 96 it sometimes finished before a ctrl-c arrived.
+INTERRUPTED_RUN_CLIPS = 480
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_an_interrupted_features_run_leaves_no_partial_output_and_a_rerun_completes(tmp_path, how):
     sets = ["functionals", "sequences"]
-    metadata = short_clips(tmp_path / "audio", 96)
+    metadata = short_clips(tmp_path / "audio", INTERRUPTED_RUN_CLIPS)
     command = stage_command(tmp_path, metadata, sets)
     out, cache = tmp_path / "features", tmp_path / "cache"
     with open(tmp_path / "stage.log", "w") as log:  # a file, not a pipe: orphans could hold a pipe open
@@ -240,12 +245,12 @@ def test_an_interrupted_features_run_leaves_no_partial_output_and_a_rerun_comple
     assert not out.exists(), sorted(p.name for p in out.iterdir())
     assert_cache_is_whole(cache, sets)
     committed = committed_clips(cache / FeatureCache.FILENAME)
-    assert 0 < committed < 96
+    assert 0 < committed < INTERRUPTED_RUN_CLIPS
 
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     from_cache = int(re.search(r"(\d+) from cache", rerun.stdout).group(1))
-    assert "96 clips" in rerun.stdout and from_cache >= committed, rerun.stdout
+    assert f"{INTERRUPTED_RUN_CLIPS} clips" in rerun.stdout and from_cache >= committed, rerun.stdout
     assert not list(tmp_path.glob(".features.*")), "staging folders were left behind"
     assert_cache_is_whole(cache, sets)
 

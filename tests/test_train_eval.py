@@ -62,7 +62,7 @@ def small_params(model_type: str = "svm", protocol: str = "speaker_kfold", n_fol
     params = project_params(
         split={"protocol": protocol, "n_folds": n_folds, "val_speakers_fraction": 0.2, "seed": 1},
         train={"target": "emotion", "emotions": None, "use_augmented": True, "class_weight": "balanced",
-               "speaker_norm": "none", "seed": 3},
+               "speaker_norm": "none", "seed": 3, "workers": 1},
         mlflow={"experiment": "ser-tests", "registered_model": "ser-emotion-tests"})
     small = {"C": 1.0, "gamma": "scale", "max_iter": 15, "hidden_layer_sizes": [16], "epochs": 4, "filters": [4],
              "units": [4], "dense_units": 8, "patience": 2, "n_estimators": 20}
@@ -127,6 +127,34 @@ def test_train_writes_the_data_train_contract(tmp_path):
     assert info["n_clips"] == len(usable) and info["n_augmented"] == len(usable)
     assert info["final_model"]["trained_on"].startswith("all labelled clips")
     assert np.mean([f["uar"] for f in result.fold_scores]) > 0.6  # the signal is learnable
+
+
+@pytest.mark.parametrize("model_type", ["logreg", "cnn1d"])
+def test_folds_fitted_in_worker_processes_score_as_in_this_process(model_type, tmp_path):
+    """train.workers only changes how many folds run at once: each fold is fitted on one math
+    thread either way, from the same rows (the workers map them from one file)."""
+    metadata = generated_metadata()
+    inputs, copies = generated_inputs(metadata)
+    overrides = {}
+    if model_type == "cnn1d":  # a sequence model: (clips, steps, values) frames
+        inputs = ModelInputs(inputs.ids, np.repeat(inputs.X[:, None, :8], 6, axis=1))
+        copies = ModelInputs(copies.ids, np.repeat(copies.X[:, None, :8], 6, axis=1), sources=copies.sources)
+        overrides = {"input": "mfcc", "filters": [8], "max_steps": 6, "epochs": 12, "patience": 12}
+    results = {}
+    for workers in (1, 2):
+        params = small_params(model_type, **overrides)
+        params["train"]["workers"] = workers
+        results[workers] = train(metadata, inputs, copies, params, tmp_path / f"w{workers}", fit_final_model=False)
+    one, two = results[1], results[2]
+    assert [f["fold"] for f in two.fold_scores] == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(one.oof[["utterance_id", "fold", "y_true"]], two.oof[["utterance_id", "fold", "y_true"]])
+    if model_type == "logreg":  # this process's BLAS, held to one thread, does the workers' sums
+        pd.testing.assert_frame_equal(one.oof, two.oof)
+        assert one.fold_scores == two.fold_scores
+    else:  # TensorFlow in this test process may have been started earlier, on more threads
+        mean_uar = {w: np.mean([f["uar"] for f in r.fold_scores]) for w, r in results.items()}
+        assert mean_uar[2] > 0.35 and abs(mean_uar[2] - mean_uar[1]) < 0.05  # chance is 0.25
+        assert set(two.history["fold"]) == {0, 1, 2, 3}
 
 
 def test_no_speaker_and_no_augmented_copy_of_a_test_clip_is_trained_on(tmp_path):
