@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ser import project  # noqa: E402
-from ser.crosscorpus import cross_corpus  # noqa: E402
-from ser.metrics import scores  # noqa: E402
-from ser.train import ModelInputs, load_model_inputs, train  # noqa: E402
+from ser.training.crosscorpus import cross_corpus  # noqa: E402
+from ser.training.metrics import scores  # noqa: E402
+from ser.training.train import ModelInputs, load_model_inputs, train  # noqa: E402
 
 SECTIONS = ("audio", "features", "split", "train", "model", "cross_corpus")
 

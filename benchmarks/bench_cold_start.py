@@ -114,8 +114,9 @@ def temp_registry(bundle: Path, workdir: Path) -> str:
     registered model of params.yaml."""
     import mlflow
 
-    from ser import project, tracking
-    from ser.pyfunc import log_model
+    from ser import project
+    from ser.training import tracking
+    from ser.serving.pyfunc import log_model
 
     params = project.load_params(REPO / "params.yaml")
     uri = f"sqlite:///{workdir / 'mlflow.db'}"

@@ -2,7 +2,7 @@
 
 Reads the pipeline's outputs (``data/interim/metadata.parquet``, ``data/features``) and EmoBox's
 partition file (``../shared/benchmarks/emobox_protocol.json``: the 6 speaker-independent RAVDESS
-folds and the balanced 240-clip cross-corpus lists of track 2), runs ``ser.emobox.emobox`` with
+folds and the balanced 240-clip cross-corpus lists of track 2), runs ``ser.training.emobox.emobox`` with
 params.yaml's recipe (model.type, its params and input, train.seed, train.class_weight,
 cross_corpus.train_on) and writes ``metrics/emobox.json``:
 
@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import pandas as pd  # noqa: E402
 
 from common import publish  # noqa: E402  (benchmarks/, the script's folder)
-from ser.emobox import emobox  # noqa: E402
+from ser.training.emobox import emobox  # noqa: E402
 from ser.models import resolve_feature_input  # noqa: E402
 from ser.project import load_params, params_path  # noqa: E402
-from ser.train import load_augmented_inputs, load_model_inputs  # noqa: E402
+from ser.training.train import load_augmented_inputs, load_model_inputs  # noqa: E402
 
 
 def _published_line(figures: dict[str, float]) -> str:

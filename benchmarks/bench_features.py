@@ -35,10 +35,11 @@ import soundfile as sf  # noqa: E402
 from common import publish  # noqa: E402  (benchmarks/, the script's folder)
 from ser.audio import load_audio  # noqa: E402
 from ser.project import load_params, repo_root  # noqa: E402
-from ser.executor import cpu_count, make_executor  # noqa: E402
+from ser.runtime import make_executor  # noqa: E402
+from ser.runtime.executor import cpu_count
 from ser.features import extract  # noqa: E402
 from ser.features import spectral  # noqa: E402
-from ser.serve.local import tree_rss_bytes  # noqa: E402
+from tests.local_server import tree_rss_bytes  # noqa: E402
 
 NAIVE_N_MFCC = 40
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: `ser` and `tests` live at the repo root
     sys.path.insert(0, str(REPO))
 
-from ser.serve.local import tree_rss_bytes  # noqa: E402
+from tests.local_server import tree_rss_bytes  # noqa: E402
 
 RATE = 48000
 PAUSE_S = (0.3, 1.5)

@@ -2,7 +2,7 @@
 
 Reads the pipeline's own outputs (``data/interim/metadata.parquet``, ``data/features``), keeps
 the RAVDESS clips (8 classes, 24 actors, 6 folds of 4 actors as ``split`` says), and runs the
-library's cross-validation (``ser.train.train`` without the final fit, no augmentation, no
+library's cross-validation (``ser.training.train.train`` without the final fit, no augmentation, no
 MLflow) for each (type, input): UAR / accuracy / macro-F1 mean +- std over the folds and the
 wall time. Results are merged into ``metrics/bench_models.json`` (one entry per type:input).
 
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ser.project import load_params  # noqa: E402
-from ser.train import load_model_inputs, train  # noqa: E402
+from ser.training.train import load_model_inputs, train  # noqa: E402
 
 SKLEARN_RUNS = [f"{t}:{i}" for t in ("logreg", "svm", "mlp", "random_forest", "decision_tree")
                 for i in ("whisper+egemaps", "both")]

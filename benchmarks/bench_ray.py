@@ -44,9 +44,10 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from common import publish  # noqa: E402  (benchmarks/, the script's folder)
-from ser.executor import cpu_count, make_executor  # noqa: E402
+from ser.runtime import make_executor  # noqa: E402
+from ser.runtime.executor import cpu_count
 from ser.features import compute_features  # noqa: E402
-from ser.harmonize import harmonize  # noqa: E402
+from ser.data.harmonize import harmonize  # noqa: E402
 from ser.project import load_params  # noqa: E402
 
 
@@ -131,7 +132,7 @@ def bench_in(scratch: Path, args: argparse.Namespace, params: dict, audio_params
           f"{cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
     load_at_start = round(os.getloadavg()[0], 2)
     # Untimed: a worker compiles librosa's numba functions into its private cache slot the first
-    # time that slot is used (ser.executor); every executor below reuses the slots warmed here.
+    # time that slot is used (ser.runtime.executor); every executor below reuses the slots warmed here.
     compute_features(metadata.head(16), scratch / "warm-up", audio_params,
                      {**features, "executor": "process", "workers": 2}, root=scratch,
                      cache_dir=scratch / "warm-up-cache", progress=False)

@@ -41,7 +41,7 @@ from typing import Iterator
 import numpy as np
 import requests
 
-from ser.serve.local import ServerError, free_port, stop_process_group, tree_cpu_seconds, tree_rss_bytes, \
+from tests.local_server import ServerError, free_port, stop_process_group, tree_cpu_seconds, tree_rss_bytes, \
     wait_until_answering
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def bench_in_process(model: str, clip: bytes, n: int) -> dict | None:
     if n <= 0 or not (Path(model) / "bundle.json").is_file():
         return None
     from ser import project
-    from ser.predict import load_bundle_predictor
+    from ser.serving.predict import load_bundle_predictor
 
     # As `ser predict` runs it: one process, every core for the encoder.
     predictor = load_bundle_predictor(model, project.load_params(REPO / "params.yaml")["predict"]).use_threads(

@@ -22,6 +22,19 @@ import soundfile as sf
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 
+# Extensions of containers libsndfile decodes; the content decides the real format later
+# (TESS ships AIFF files named .wav), so this only selects which files are meant as audio.
+AUDIO_EXTENSIONS: frozenset[str] = frozenset({
+    ".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".ogg", ".oga", ".opus", ".mp3",
+    ".au", ".snd", ".caf", ".w64", ".rf64", ".nist", ".sph", ".voc", ".htk", ".paf", ".svx",
+})
+
+
+def is_audio(path: str | os.PathLike) -> bool:
+    """Whether a file is meant as audio, by its extension (its content is checked when it is read)."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
 class AudioError(ValueError):
     """An input that cannot be used as audio; the message names the source and the problem."""
 

@@ -86,19 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(model: str | None, params: dict, window_s: float | None = None, hop_s: float | None = None,
           min_confidence: float | None = None):
-    from pathlib import Path
+    from ser import project
+    from ser.serving.loader import load_predictor  # not ser.serving.pyfunc: that imports mlflow.pyfunc
 
-    if model is not None and (Path(model) / "bundle.json").is_file():
-        from ser.predict import load_bundle_predictor  # a bundle needs no MLflow: start faster
-
-        predictor, description = load_bundle_predictor(model, params["predict"]), f"bundle {model}"
-    else:
-        from ser import project
-        from ser.tracking import load_predictor  # not ser.pyfunc: that imports mlflow.pyfunc
-
-        predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
-                                                registered_model=params["mlflow"]["registered_model"],
-                                                predict_params=params["predict"])
+    predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
+                                            registered_model=params["mlflow"]["registered_model"],
+                                            predict_params=params["predict"])
     if window_s is not None:
         predictor.window_s = window_s
     if hop_s is not None:
@@ -186,8 +179,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ser.serve.server import run_server
-    from ser.serve.workers import WorkerError
+    from ser.serving.server import run_server
+    from ser.serving.workers import WorkerError
 
     try:
         params = _project_params()
@@ -200,11 +193,12 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = {**params["serve"], **{key: value for key, value in flags.items() if value is not None}}
     model_info = None
     if args.model is None or str(args.model).startswith("models:/"):
-        from ser import project, tracking
+        from ser import project
+        from ser.serving import loader
 
-        uri = args.model or f"models:/{params['mlflow']['registered_model']}@{tracking.CHAMPION}"
+        uri = args.model or f"models:/{params['mlflow']['registered_model']}@{loader.CHAMPION}"
         try:
-            model_info = tracking.model_version_info(project.tracking_uri(), uri)
+            model_info = loader.model_version_info(project.tracking_uri(), uri)
         except Exception as exc:  # the version is shown, not needed: serve without it
             print(f"ser serve: no version details for {uri}: {exc}", file=sys.stderr)
     try:
@@ -219,14 +213,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from ser import project, tracking
+    from ser import project
+    from ser.serving import loader
+    from ser.training import tracking
 
     try:
         params = _project_params()
         name, uri = params["mlflow"]["registered_model"], project.tracking_uri()
-        alias = args.alias or tracking.CHAMPION
+        alias = args.alias or loader.CHAMPION
         tracking.promote(uri, name, args.version, alias)
-        info = tracking.model_version_info(uri, f"models:/{name}@{alias}")
+        info = loader.model_version_info(uri, f"models:/{name}@{alias}")
     except Exception as exc:  # mlflow raises its own types for a missing model or version
         print(f"ser promote: {exc}", file=sys.stderr)
         return 2
@@ -258,8 +254,8 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"ser tune: {', '.join(missing)} missing; run `dvc repro features augment` first", file=sys.stderr)
         return 2
 
-    from ser.train import load_training_inputs
-    from ser.tune import SearchTracking, search, trials_table, write_best
+    from ser.training.train import load_training_inputs
+    from ser.training.tune import SearchTracking, search, trials_table, write_best
 
     settings = params["tune"]
     model_type = settings["model_type"] or params["model"]["type"]

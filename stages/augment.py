@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 # One BLAS thread per worker process: the pool already uses every core.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from ser.augment import compute_augmented  # noqa: E402
+from ser.data.augment import compute_augmented  # noqa: E402
 from ser.project import load_params, repo_root  # noqa: E402
 
 

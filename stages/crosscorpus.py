@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ser.project import load_params
-from ser.crosscorpus import cross_corpus
-from ser.train import load_training_inputs
+from ser.training.crosscorpus import cross_corpus
+from ser.training.train import load_training_inputs
 
 SECTIONS = ("audio", "features", "split", "train", "model", "cross_corpus")
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ser.project import load_params
-from ser.download import DownloadError, DownloadSettings, mirror_root, obtain
+from ser.data.download import DownloadError, DownloadSettings, mirror_root, obtain
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from ser import project
-from ser.evaluate import evaluate
-from ser.tracking import log_evaluation
+from ser.training.evaluate import evaluate
+from ser.training.tracking import log_evaluation
 
 
 def main(argv: list[str] | None = None) -> None:

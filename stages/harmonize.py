@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ser.project import load_params, repo_root
-from ser.harmonize import run
+from ser.data.harmonize import run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ser import project
-from ser.report import FIGURES, build_report, log_report
+from ser.training.report import FIGURES, build_report, log_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from ser import project
-from ser.tracking import CHAMPION, RunSettings, promote, read_run_file
-from ser.train import load_training_inputs, train
+from ser.serving.loader import CHAMPION
+from ser.training.tracking import RunSettings, promote, read_run_file
+from ser.training.train import load_training_inputs, train
 
 SECTIONS = ("audio", "features", "split", "train", "model")
 

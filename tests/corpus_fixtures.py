@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ser.datasets import cremad, emodb, emovo, eyase, ravdess, savee, tess
+from ser.data.corpora import cremad, emodb, emovo, eyase, ravdess, savee, tess
 
 
 @dataclass(frozen=True)

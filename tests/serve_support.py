@@ -128,7 +128,7 @@ def ser_serve(*args: str, log_path: Path, env: dict[str, str] | None = None,
               timeout_s: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """``ser serve ARGS`` on a free loopback port for the ``with`` block: yields its base URL and
     process, and stops it and its workers when the block ends, failed or not."""
-    from ser.serve.local import ServerError, free_port, stop_process_group, wait_until_answering
+    from tests.local_server import ServerError, free_port, stop_process_group, wait_until_answering
 
     port = free_port()
     with log_path.open("wb") as log:

@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 from scipy.signal import lfilter
 
-from ser import splits
-from ser.augment import (INDEX_COLUMNS, AugmentJob, augment_signal, augmented_signal, compute_augmented,
+from ser.training import splits
+from ser.data.augment import (INDEX_COLUMNS, AugmentJob, augment_signal, augmented_signal, compute_augmented,
                          copy_seed, load_index)
-from ser.executor import make_executor
+from ser.runtime import make_executor
 from ser.features import functional_names, load_failures, load_sequences, load_table, n_frames
 from tests.params_support import REPO, params as project_params
 
@@ -82,7 +82,7 @@ def test_copy_seed_depends_on_seed_clip_and_copy_only():
 
     assert len({copy_seed(42, "a", 0), copy_seed(42, "a", 1), copy_seed(42, "b", 0), copy_seed(43, "a", 0)}) == 4
     # The same in every process: not Python's salted hash(), which changes with PYTHONHASHSEED.
-    code = "from ser.augment import copy_seed; print(copy_seed(42, 'a', 1))"
+    code = "from ser.data.augment import copy_seed; print(copy_seed(42, 'a', 1))"
     for salt in ("1", "2"):
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                env={**os.environ, "PYTHONHASHSEED": salt})

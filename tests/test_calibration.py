@@ -1,4 +1,4 @@
-"""Temperature scaling, calibration error and coverage (ser.calibration), and the calibrated
+"""Temperature scaling, calibration error and coverage (ser.training.calibration), and the calibrated
 default model: probabilities rescaled in the bundle, the figure written by the evaluate stage."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ser.calibration import (coverage, cross_fitted, expected_calibration_error, fit_temperature, reliability,
+from ser.training.calibration import (coverage, cross_fitted, expected_calibration_error, fit_temperature, reliability,
                              with_temperature)
 
 

@@ -79,8 +79,8 @@ def registry(tiny_bundle, tmp_path_factory) -> str:
     """A fresh MLflow store holding the tiny model, registered and promoted to @champion."""
     import mlflow
 
-    from ser import tracking
-    from ser.pyfunc import log_model
+    from ser.training import tracking
+    from ser.serving.pyfunc import log_model
     from tests.params_support import params as project_params
 
     params = project_params()
@@ -137,7 +137,7 @@ def test_the_registered_default_model_loads_without_mlflow_pyfunc_and_without_wa
     assert result.stderr == ""
     modules = report["modules"]
     assert imported(modules, "mlflow") and not imported(modules, "mlflow.pyfunc")
-    assert "ser.pyfunc" not in modules
+    assert "ser.serving.pyfunc" not in modules
     assert not [name for name in HEAVY if imported(modules, name)]
 
     bundle_answer, _ = probe_predict(tmp_path, str(clip), "--format", "json", "--model", str(tiny_bundle))
@@ -163,8 +163,9 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     import mlflow
     import mlflow.pyfunc
 
-    from ser import tracking
-    from ser.pyfunc import predictor_of, save_model
+    from ser.serving import loader
+    from ser.serving.loader import predictor_of
+    from ser.serving.pyfunc import save_model
     from tests.params_support import params as project_params
 
     params = project_params()
@@ -174,7 +175,7 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
         expected = predictor_of(mlflow.pyfunc.load_model(f"models:/{REGISTERED}@champion"))
     finally:
         mlflow.set_tracking_uri(previous)
-    predictor, description = tracking.load_predictor(None, tracking_uri=registry, registered_model=REGISTERED,
+    predictor, description = loader.load_predictor(None, tracking_uri=registry, registered_model=REGISTERED,
                                                      predict_params={"window_s": 99.0, "hop_s": 9.0})
     assert description == f"MLflow model models:/{REGISTERED}@champion"
     assert (predictor.window_s, predictor.hop_s) == (expected.window_s, expected.hop_s) \
@@ -190,7 +191,7 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     result, report = probe_predict(tmp_path, str(clip), "--model", str(folder))
     assert result.stderr == "" and table_rows(result.stdout)[0][0] == str(clip)
     assert not imported(report["modules"], "mlflow")
-    local, _ = tracking.load_predictor(folder, tracking_uri=registry, registered_model=REGISTERED,
+    local, _ = loader.load_predictor(folder, tracking_uri=registry, registered_model=REGISTERED,
                                        predict_params=params["predict"])
     assert (local.window_s, local.hop_s) == (2.5, 1.25)
 
@@ -198,17 +199,17 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
 def test_models_mlflow_must_not_unpickle_go_through_mlflow(registry, monkeypatch):
     """MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false: the direct reader steps aside, MLflow refuses as it
     always did (the error names the setting)."""
-    from ser import tracking
+    from ser.serving import loader
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     with pytest.raises(Exception, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
-        tracking.load_predictor(None, tracking_uri=registry, registered_model=REGISTERED,
+        loader.load_predictor(None, tracking_uri=registry, registered_model=REGISTERED,
                                 predict_params={"window_s": 3.0, "hop_s": 1.5})
 
 
 def test_importing_the_served_model_module_warns_nothing():
     """The pyfunc's predict has type hints, so MLflow has nothing to remind us of at import."""
-    result = subprocess.run([PYTHON, "-W", "default", "-c", "import ser.pyfunc"], cwd=REPO, capture_output=True,
+    result = subprocess.run([PYTHON, "-W", "default", "-c", "import ser.serving.pyfunc"], cwd=REPO, capture_output=True,
                             text=True, timeout=300, env=clean_env())
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
@@ -216,8 +217,8 @@ def test_importing_the_served_model_module_warns_nothing():
 
 def test_the_encoder_runs_on_the_threads_the_predictor_asks_for(tiny_bundle, real_mirror):
     """Read back from ONNX Runtime's own sessions, as a server worker reports them."""
-    from ser.predict import Predictor
-    from ser.serve.workers import _thread_report
+    from ser.serving.predict import Predictor
+    from ser.serving.workers import _thread_report
 
     clip = ravdess_clip(real_mirror, 4, "05")
     predictor = Predictor.from_bundle_dir(tiny_bundle, window_s=3.0, hop_s=1.5).use_threads(1)

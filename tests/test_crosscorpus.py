@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser.crosscorpus import answers_among, cross_corpus
+from ser.training.crosscorpus import answers_among, cross_corpus
 from tests.test_train_eval import generated_inputs, generated_metadata, small_params
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ser.datasets import emovo, eyase, ravdess, tess
-from ser.download import DownloadSettings, obtain_corpus, verify_corpus
-from ser.harmonize import harmonize, summarize
+from ser.data.corpora import emovo, eyase, ravdess, tess
+from ser.data.download import DownloadSettings, obtain_corpus, verify_corpus
+from ser.data.harmonize import harmonize, summarize
 from ser.params import section
-from ser.schema import to_table
+from ser.data.metadata import to_table
 
 REPO = Path(__file__).resolve().parent.parent
 STEREO = {"03-01-02-01-01-02-01", "03-01-08-01-02-02-01", "03-01-02-01-02-02-05", "03-01-03-01-02-01-20",

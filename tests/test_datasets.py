@@ -11,9 +11,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ser.datasets import CANONICAL_EMOTIONS, CORPORA, FileNameError, get_corpus
-from ser.datasets import cremad, emodb, emovo, eyase, ravdess, savee, tess
-from ser.datasets.base import Clip, Source
+from ser.data.corpora import CANONICAL_EMOTIONS, CORPORA, FileNameError, get_corpus
+from ser.data.corpora import cremad, emodb, emovo, eyase, ravdess, savee, tess
+from ser.data.corpora.base import Clip, Source
 from tests.corpus_fixtures import (
     make_cremad,
     make_emodb,

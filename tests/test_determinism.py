@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ser.augment import compute_augmented
-from ser.executor import Executor, SerialExecutor, make_executor
+from ser.data.augment import compute_augmented
+from ser.runtime import make_executor
+from ser.runtime.executor import Executor, SerialExecutor
 from ser.features import compute_features, load_failures
 from tests.corpus_fixtures import write_bad_clip, write_clip
 

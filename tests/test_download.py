@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ser.datasets import cremad, ravdess, savee
-from ser.download import (
+from ser.data.corpora import cremad, ravdess, savee
+from ser.data.download import (
     MANIFEST_NAME,
     ChecksumError,
     DownloadError,
@@ -29,7 +29,7 @@ from ser.download import (
     verify_corpus,
     with_url,
 )
-from ser.fetch import fetch_file, http_session, safe_extract
+from ser.data.fetch import fetch_file, http_session, safe_extract
 from tests.corpus_fixtures import make_archive, make_ravdess, write_clip
 
 FAST = DownloadSettings(retries=2, backoff_s=0.0, timeout_s=10, strict=False)

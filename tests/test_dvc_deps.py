@@ -146,7 +146,7 @@ def test_closure_follows_lazy_and_nested_imports() -> None:
     (``importlib.import_module``) and the package ``__init__`` files."""
     closure = {p.relative_to(REPO_ROOT).as_posix() for p in ser_closure(REPO_ROOT / "stages" / "train.py")}
     assert {"ser/__init__.py", "ser/models/__init__.py", "ser/models/keras_models.py",
-            "ser/train.py"} <= closure
+            "ser/training/train.py"} <= closure
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

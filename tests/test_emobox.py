@@ -1,4 +1,4 @@
-"""EmoBox's partitions (``ser.emobox``): folds by actor, the track-2 lists matched clip by clip,
+"""EmoBox's partitions (``ser.training.emobox``): folds by actor, the track-2 lists matched clip by clip,
 and UA as EmoBox reports it (mean of fold UAs) beside the pooled figure."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser import emobox as emobox_module
-from ser.datasets import ravdess, savee
-from ser.emobox import (
+from ser.training import emobox as emobox_module
+from ser.data.corpora import ravdess, savee
+from ser.training.emobox import (
     MissingClipsError,
     cross_corpus_ua,
     emobox,
@@ -20,7 +20,7 @@ from ser.emobox import (
     ravdess_6fold,
     ravdess_folds,
 )
-from ser.train import ModelInputs
+from ser.training.train import ModelInputs
 from tests.test_train_eval import small_params
 
 REPO = Path(__file__).resolve().parents[1]

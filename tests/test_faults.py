@@ -23,7 +23,8 @@ import psutil
 import pytest
 import yaml
 
-from ser.executor import WORKER_DIED, ProcessExecutor, make_executor
+from ser.runtime import make_executor
+from ser.runtime.executor import WORKER_DIED, ProcessExecutor
 from ser.features import compute_features, load_failures, load_sequences, load_table
 from ser.features.cache import FeatureCache
 from ser.features.extraction import KINDS_OF_SET
@@ -114,7 +115,7 @@ def test_a_worker_that_dies_once_is_replaced_and_the_clips_it_took_down_are_retr
 # the pool's wait, or of the interpreter's exit, which joins the pool's manager thread.
 BIG_RESULTS = """
 import os, signal, sys, threading, time
-from ser.executor import WORKER_DIED, ProcessExecutor
+from ser.runtime.executor import WORKER_DIED, ProcessExecutor
 
 MB = 1 << 20
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import lfilter
 
-from ser.executor import make_executor
+from ser.runtime import make_executor
 from ser.features import (EGEMAPS_NAMES, compute_features, extract, extract_clip, functional_names,
                           load_failures, load_sequences, load_table, n_frames)
 from ser.features.cache import FeatureCache

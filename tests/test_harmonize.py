@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from ser.executor import make_executor
-from ser.harmonize import harmonize, pcm_sha256, summarize
-from ser.schema import COLUMNS, SchemaError, read_metadata, to_table, validate, write_metadata
+from ser.runtime import make_executor
+from ser.data.harmonize import harmonize, pcm_sha256, summarize
+from ser.data.metadata import COLUMNS, SchemaError, read_metadata, to_table, validate, write_metadata
 from tests.corpus_fixtures import (
     make_emovo,
     make_eyase,

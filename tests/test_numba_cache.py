@@ -6,7 +6,7 @@ moment it is imported. numba caches each as two files (kernel and wrapper); two 
 compiling one at the same moment can leave a pair that segfaults every later process that loads
 it (numba issue #10128). That is how a features run once made ``chroma_stft`` crash in every
 process of the environment. Pool workers now compile into private cache folders
-(``ser.executor.use_private_numba_cache``).
+(``ser.runtime.executor.use_private_numba_cache``).
 
 Every round starts from an empty cache: ``NUMBA_CACHE_DIR`` of the subprocesses points at a
 fresh folder, so the real environment's cache is neither used nor touched.

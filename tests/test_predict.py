@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser.predict import Predictor, window_ranges, window_starts
+from ser.serving.predict import Predictor, window_ranges, window_starts
 from tests.serve_support import (PYTHON, REPO, ravdess_clip, long_recording, shared_bundle_dir, subprocess_env,
                                  train_small_bundle, wav_bytes)
 
@@ -161,7 +161,7 @@ def test_a_long_recording_gets_one_prediction_per_window_and_their_mean(small_bu
 
 
 def test_without_a_champion_version_the_default_model_lookup_says_to_run_ser_promote(tmp_path, monkeypatch):
-    from ser.pyfunc import load_predictor
+    from ser.serving.loader import load_predictor
 
     from tests.params_support import PARAMS
 
@@ -202,7 +202,7 @@ def test_normalize_by_folder_scores_each_speakers_clips_together(real_mirror, tm
     from ser.audio import load_audio
     from ser.models import MODELS
     from ser.models.bundle import ModelBundle
-    from ser.normalize import standardize_groups
+    from ser.features.speaker_norm import standardize_groups
     from tests.serve_support import RAVDESS_EMOTIONS, TRAIN_ACTORS, project_params
 
     params = project_params()
@@ -265,7 +265,7 @@ def test_a_long_file_is_streamed_and_scored_as_the_whole_file_path_scores_it(sma
     def refuse(*args, **kwargs):
         raise AssertionError("a streamed file must not be decoded whole")
 
-    monkeypatch.setattr("ser.predict.load_audio", refuse)
+    monkeypatch.setattr("ser.serving.predict.load_audio", refuse)
     monkeypatch.setattr("ser.audio.decode", refuse)
     assert predictor.streams(recording)
     streamed = predictor.predict_source(recording, str(recording))

@@ -16,8 +16,8 @@ import requests
 
 from tests.serve_support import (PYTHON, REPO, long_recording, ravdess_clip, shared_bundle_dir,
                                  subprocess_env, train_small_bundle, wav_bytes)
-from ser.tracking import CHAMPION
-from ser.serve.local import free_port, stop_process_group, tree_cpu_seconds, wait_until_answering
+from ser.serving.loader import CHAMPION
+from tests.local_server import free_port, stop_process_group, tree_cpu_seconds, wait_until_answering
 
 REGISTERED = "ser-emotion"
 MAX_BYTES = 400_000  # small, so the oversized payload of the test stays small
@@ -30,7 +30,7 @@ def tracking_uri(real_mirror, tmp_path_factory) -> str:
     """A fresh MLflow store holding the small model, registered as ``ser-emotion``."""
     import mlflow
 
-    from ser.pyfunc import log_model
+    from ser.serving.pyfunc import log_model
 
     bundle = train_small_bundle(real_mirror, shared_bundle_dir(tmp_path_factory))
     store = tmp_path_factory.mktemp("mlflow")

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser.executor import WORKER_DIED, make_executor
+from ser.runtime import make_executor
+from ser.runtime.executor import WORKER_DIED
 from ser.features import compute_features, load_failures, load_sequences, load_table
 from ser.features.extraction import KINDS_OF_SET
-from ser.harmonize import harmonize
-from ser.ray_executor import IN_FLIGHT_PER_CPU, RayExecutor
+from ser.data.harmonize import harmonize
+from ser.runtime.ray_executor import IN_FLIGHT_PER_CPU, RayExecutor
 from tests.params_support import PARAMS
 from tests.ray_support import AUTH, ONE_THREAD, LocalCluster, Node
 
@@ -71,8 +72,8 @@ def no_cluster(monkeypatch):
 
 
 def test_ray_is_imported_only_when_its_executor_runs():
-    check = ("import sys; from ser.executor import make_executor; import ser.features.compute, ser.augment, "
-             "ser.harmonize; list(make_executor('serial').map(abs, [-1])); make_executor('ray', 2); "
+    check = ("import sys; from ser.runtime import make_executor; import ser.features.compute, ser.data.augment, "
+             "ser.data.harmonize; list(make_executor('serial').map(abs, [-1])); make_executor('ray', 2); "
              "assert 'ray' not in sys.modules, 'imported'")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -93,7 +94,7 @@ def test_on_a_local_instance_every_item_comes_back_once_with_its_value_or_its_er
     values = [o.value for o in outcomes if o.ok]
     # Loopback only: Ray would otherwise advertise, and listen on, the machine's outward address.
     assert {v["gcs"].rsplit(":", 1)[0] for v in values} == {"127.0.0.1"}
-    # Each worker process compiles into a numba cache of its own (see ser.executor).
+    # Each worker process compiles into a numba cache of its own (see ser.runtime.executor).
     caches = {v["pid"]: v["numba_cache"] for v in values}
     assert all(cache and Path(cache).name.startswith("slot-") for cache in caches.values())
     assert len(set(caches.values())) == len(caches)

@@ -2,7 +2,7 @@
 
 The inputs are a small but complete set of pipeline outputs built here: generated clips, their
 real eGeMAPS features, out-of-fold predictions, per-epoch histories and evaluate.json as
-``ser.evaluate`` writes it.
+``ser.training.evaluate`` writes it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from markupsafe import escape
 
-from ser.report import (FIGURES, PipelineOutputs, Report, ShownTables, build_report, example_clips, log_report,
+from ser.training.report import (FIGURES, PipelineOutputs, Report, ShownTables, build_report, example_clips, log_report,
                         page_context, per_class_table, render_page, scores_by)
 from tests.serve_support import PYTHON, REPO, project_params, subprocess_env
 
@@ -36,7 +36,7 @@ def voiced_clip(f0: float, seconds: float, rate: int, rng: np.random.Generator) 
 
 
 def make_pipeline_outputs(root: Path, with_epochs: bool = True, run_id: str | None = None) -> dict[str, Path]:
-    from ser import evaluate
+    from ser.training import evaluate
     from ser.audio import load_audio
     from ser.features import EGEMAPS_NAMES, extract
 

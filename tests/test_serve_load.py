@@ -37,7 +37,7 @@ def registered(small_bundle, tmp_path_factory) -> dict[str, str]:
     """A fresh MLflow store with the small model as ``ser-emotion`` version 1."""
     import mlflow
 
-    from ser.pyfunc import log_model
+    from ser.serving.pyfunc import log_model
     from tests.params_support import params
 
     store = tmp_path_factory.mktemp("serve_load_mlflow")
@@ -130,7 +130,7 @@ def test_a_full_queue_is_refused_at_once_and_a_runaway_clip_is_stopped(small_bun
 # ---- the served MLflow model's `path` column ----------------------------------------------------
 def served_model(small_bundle, serve_overrides: dict):
     """The pyfunc model as ``log_model`` builds it from params.yaml (plus overrides), loaded."""
-    from ser.pyfunc import BUNDLE_ARTIFACT, _model_arguments
+    from ser.serving.pyfunc import BUNDLE_ARTIFACT, _model_arguments
     from tests.params_support import params, section
 
     model = _model_arguments(small_bundle, params()["predict"], section("serve", **serve_overrides))["python_model"]
@@ -161,7 +161,7 @@ def test_path_input_when_on_reads_only_files_under_the_root(small_bundle, real_m
     import mlflow
     import pandas as pd
 
-    from ser.pyfunc import save_model
+    from ser.serving.pyfunc import save_model
     from tests.params_support import params, section
 
     root, outside = tmp_path / "served", tmp_path / "private"
@@ -188,7 +188,7 @@ def test_path_input_when_on_reads_only_files_under_the_root(small_bundle, real_m
 
 
 def test_models_logged_before_the_setting_read_no_paths():
-    from ser.pyfunc import AudioEmotionModel
+    from ser.serving.pyfunc import AudioEmotionModel
 
     old = AudioEmotionModel.__new__(AudioEmotionModel)
     old.__setstate__({"window_s": 3.0, "hop_s": 1.5, "max_bytes": 1000, "predictor": None})

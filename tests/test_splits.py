@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser import splits
+from ser.training import splits
 
 
 def generated_metadata(speakers_per_corpus=(("ravdess", 12, 10), ("tess", 2, 40))) -> pd.DataFrame:
@@ -119,7 +119,7 @@ def test_splits_are_seeded_and_reject_bad_requests():
 def ravdess_metadata(real_mirror, tmp_path_factory) -> pd.DataFrame:
     """RAVDESS metadata as the harmonize stage builds it (decoded-audio hashes and duplicates)."""
     from tests.params_support import PARAMS
-    from ser.harmonize import harmonize
+    from ser.data.harmonize import harmonize
 
     data_params = PARAMS["data"]
     return harmonize(real_mirror, ["ravdess"], data_params, root=tmp_path_factory.mktemp("root"))

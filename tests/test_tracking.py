@@ -20,11 +20,13 @@ import soundfile as sf
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ser import project, tracking
-from ser.calibration import with_temperature
-from ser.evaluate import evaluate
+from ser import project
+from ser.serving import loader
+from ser.training import tracking
+from ser.training.calibration import with_temperature
+from ser.training.evaluate import evaluate
 from ser.features import extract
-from ser.train import ModelInputs, train
+from ser.training.train import ModelInputs, train
 from tests.params_support import params as project_params
 
 AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "peak", "peak_level": 0.95,
@@ -150,7 +152,7 @@ def test_tracking_uri_defaults_to_the_repo_store(monkeypatch, tmp_path):
 
 
 def test_the_champion_alias_names_the_default_model(tracked_run):
-    from ser.pyfunc import load_predictor
+    from ser.serving.loader import load_predictor
 
     result, folder, params = tracked_run
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -162,7 +164,7 @@ def test_the_champion_alias_names_the_default_model(tracked_run):
     predictor, description = load_predictor(None, tracking_uri=uri, registered_model="ser-emotion-test",
                                             predict_params=params["predict"])
     assert description == "MLflow model models:/ser-emotion-test@champion" and predictor.classes == result.classes
-    info = tracking.model_version_info(uri, "models:/ser-emotion-test@champion")
+    info = loader.model_version_info(uri, "models:/ser-emotion-test@champion")
     assert info["version"] == "1" and info["run_id"] == result.run_id and info["aliases"] == ["champion"]
     assert info["metrics"]["uar"] == pytest.approx(json.loads((folder / "evaluate.json").read_text())["uar"])
     with pytest.raises(MlflowException, match=r"Model Version \(name=ser-emotion-test, version=7\) not found"):
@@ -186,7 +188,7 @@ def test_ser_promote_moves_an_alias_and_explains_a_missing_version(tracked_run, 
                            text=True, timeout=300)
     assert moved.returncode == 0, moved.stderr
     assert moved.stdout.startswith(f"ser-emotion-test version 1 (run {result.run_id}) is now @staging")
-    assert tracking.model_version_info(uri, "models:/ser-emotion-test@staging")["version"] == "1"
+    assert loader.model_version_info(uri, "models:/ser-emotion-test@staging")["version"] == "1"
     missing = subprocess.run([*command, "9", "--alias", "staging"], cwd=project_dir, env=env, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and missing.stdout == ""

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from ser import splits
-from ser.evaluate import evaluate
+from ser.training import splits
+from ser.training.evaluate import evaluate
 from ser.models import ModelBundle
-from ser.train import ModelInputs, make_labels, sample_weights, train
+from ser.training.train import ModelInputs, make_labels, sample_weights, train
 from tests.params_support import params as project_params
 
 EMOTIONS = ["angry", "happy", "neutral", "sad"]
@@ -293,7 +293,7 @@ def test_random_protocol_is_labelled_speaker_dependent(tmp_path):
 
 
 def test_uar_ignores_classes_a_corpus_does_not_have():
-    from ser.metrics import scores
+    from ser.training.metrics import scores
 
     perfect_on_present = scores(["happy", "sad", "sad"], ["happy", "sad", "sad"])
     assert perfect_on_present["uar"] == 1.0
@@ -303,7 +303,7 @@ def test_uar_ignores_classes_a_corpus_does_not_have():
 
 
 def test_speaker_norm_standardizes_each_speaker_with_its_clips_and_is_labelled_transductive(tmp_path):
-    from ser.train import labelled_data
+    from ser.training.train import labelled_data
 
     metadata = generated_metadata()
     inputs, copies = generated_inputs(metadata)

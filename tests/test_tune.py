@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from ser.params import ParamsError, validate
-from ser.tune import check_space, current_point, optuna_space, override_value
+from ser.training.tune import check_space, current_point, optuna_space, override_value
 from tests.params_support import PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def project(real_mirror, tmp_path_factory) -> Path:
     """A project folder with params.yaml, data/interim/metadata.parquet and data/features from
     the real harmonize and features code on six RAVDESS actors (360 clips)."""
     from ser.features import compute_features
-    from ser.harmonize import harmonize
+    from ser.data.harmonize import harmonize
 
     root = tmp_path_factory.mktemp("tune_project")
     for actor in ACTORS:
@@ -147,7 +147,7 @@ def test_ser_tune_runs_and_leaves_no_ray_behind(tuned):
 
 
 def test_trials_are_nested_mlflow_runs_scored_on_the_train_folds(tuned, project):
-    from ser.train import load_training_inputs, train
+    from ser.training.train import load_training_inputs, train
 
     assert tuned["code"] == 0, tuned["stderr"][-3000:]
     client, parents, children = trial_runs(project)
@@ -280,7 +280,7 @@ def test_every_shipped_space_draws_valid_params_and_holds_the_current_values():
 def ray_cluster():
     """A one-node Ray cluster on loopback (``ray start --head``) in its own temp dir, killed by
     its session at the end (never ``ray stop``: that would stop every Ray on the machine)."""
-    from ser.serve.local import free_port
+    from tests.local_server import free_port
 
     scratch = tempfile.mkdtemp(prefix="sc-", dir="/tmp")
     port = free_port()
@@ -311,7 +311,7 @@ def test_ser_tune_runs_the_trials_on_the_cluster_ray_address_names_and_leaves_it
     assert result["code"] == 0, f"ser tune failed:\n{result['stdout'][-3000:]}\n{result['stderr'][-5000:]}"
     assert f"Ray cluster {address}" in result["stdout"] and result["left"] == []
     # The trials ran on the cluster, importing the ser this checkout shipped to it ...
-    assert list(cluster_dir.glob("session_*/runtime_resources/py_modules_files/*/ser/tune.py"))
+    assert list(cluster_dir.glob("session_*/runtime_resources/py_modules_files/*/ser/training/tune.py"))
     # ... which is still up: ser tune only disconnected from it.
     alive = [(Path("/proc") / str(pid) / "comm").read_text().strip() for pid in session_members(session)]
     assert {"gcs_server", "raylet"} <= set(alive)

@@ -11,7 +11,7 @@ import requests
 
 from tests.serve_support import (PYTHON, REPO, ravdess_clip, shared_bundle_dir, subprocess_env,
                                  train_small_bundle, wav_bytes)
-from ser.serve.local import free_port, stop_process_group, wait_until_answering
+from tests.local_server import free_port, stop_process_group, wait_until_answering
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -19,7 +19,7 @@ from ser.features import compute_features, extract, load_sequences, load_table, 
 from ser.features import whisper
 from ser.features.ct2_layers import encoder_depth, read_variables
 from ser.models import MODELS, ModelBundle
-from ser.train import load_model_inputs
+from ser.training.train import load_model_inputs
 
 from tests.params_support import REPO, model_params, section
 

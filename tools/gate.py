@@ -21,8 +21,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ser.metrics import METRICS  # noqa: E402
-from ser.metrics import lookup as metric  # noqa: E402
+from ser.training.metrics import METRICS  # noqa: E402
+from ser.training.metrics import lookup as metric  # noqa: E402
 
 DEFAULT_METRICS = "metrics/evaluate.json"
 DEFAULT_THRESHOLDS = "metrics/thresholds.yaml"

@@ -1,6 +1,6 @@
 """Run feature extraction over many clips: cache, executor, streamed outputs, quarantine.
 
-Phase 1 computes what the per-clip cache lacks, in parallel (``ser.executor``), streaming
+Phase 1 computes what the per-clip cache lacks, in parallel (``ser.runtime.executor``), streaming
 each outcome into the cache; a clip that fails becomes a row of ``failures.parquet`` with its
 problem and a printed warning. Phase 2 reads the cache back in metadata order and streams it
 into the output files, so the outputs are the same whatever order the workers finished in and
@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ser.audio import load_audio
-from ser.executor import Executor, make_executor
+from ser.runtime import make_executor
+from ser.runtime.executor import Executor
 from ser.features import store
 from ser.features.cache import FeatureCache
 from ser.features.egemaps import EGEMAPS_NAMES
@@ -37,7 +38,7 @@ from ser.features.extraction import KINDS_OF_SET, check_sets, extract, set_param
 from ser.features.functionals import functional_names
 from ser.features.sequences import n_frames, sequence_dims
 from ser.features.whisper import encoder_for, frame_count, layers_of, whisper_names, whisper_params
-from ser.ray_executor import ray_options
+from ser.runtime.ray_executor import ray_options
 
 _WRITE_CHUNK = 256
 # Facts about a run, not about its outputs: returned (for the stage's log line) but kept out of

@@ -23,43 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ser.models.inputs import (FEATURE_INPUTS, SEQUENCE_INPUTS, TABLES, TABULAR_INPUTS,  # noqa: F401
+                              extraction_sets, is_feature_input, tabular_sets)
+
 BUNDLE_FORMAT = 1
-TABLES = ("functionals", "egemaps", "whisper")
-# A tabular input is one table or several fused with "+" (e.g. "whisper+egemaps"); "both" is
-# the historical name of "functionals+egemaps".
-TABULAR_INPUTS = (*TABLES, "both", "whisper+egemaps", "whisper+functionals+egemaps")
-SEQUENCE_INPUTS = ("logmel", "mfcc", "fbank", "whisper_frames")
-FEATURE_INPUTS = TABULAR_INPUTS + SEQUENCE_INPUTS
-
-
-def tabular_sets(feature_input: str) -> list[str]:
-    """The feature tables a tabular input is made of, in column order."""
-    if feature_input == "both":
-        return ["functionals", "egemaps"]
-    parts = [part.strip() for part in str(feature_input).split("+")]
-    if not all(part in TABLES for part in parts) or len(set(parts)) != len(parts):
-        raise ValueError(f"'{feature_input}' is not a tabular feature input: use one of {list(TABLES)} "
-                         f"or several joined with '+' (e.g. whisper+egemaps), or 'both'")
-    return parts
-
-
-def is_feature_input(feature_input: str) -> bool:
-    if feature_input in SEQUENCE_INPUTS:
-        return True
-    try:
-        tabular_sets(feature_input)
-    except ValueError:
-        return False
-    return True
-
-
-def extraction_sets(feature_input: str) -> list[str]:
-    """The ``features.sets`` names ``ser.features.extract`` must compute for this input."""
-    if feature_input == "whisper_frames":
-        return ["whisper"]
-    if feature_input in SEQUENCE_INPUTS:
-        return ["sequences"]
-    return tabular_sets(feature_input)
 
 
 @dataclass
@@ -75,7 +42,7 @@ class ModelBundle:
     # "speaker": inputs were standardized per speaker in training (transductive); scoring then
     # needs a batch of one speaker's clips to standardize with (ser predict --normalize-by).
     speaker_norm: str = "none"
-    # Probabilities are rescaled by this temperature (ser.calibration), fitted in training on the
+    # Probabilities are rescaled by this temperature (ser.training.calibration), fitted in training on the
     # out-of-fold predictions of held-out speakers; 1.0 leaves the estimator's own.
     temperature: float = 1.0
 
@@ -106,7 +73,7 @@ class ModelBundle:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "ModelBundle":
-        from ser.models import load_estimator
+        from ser.models.registry import load_estimator
 
         folder = Path(folder)
         description_path = folder / "bundle.json"
@@ -171,7 +138,7 @@ class ModelBundle:
         if probabilities.ndim != 2 or probabilities.shape[1] != len(self.classes):
             raise ValueError(f"estimator returned shape {probabilities.shape}; expected (n, {len(self.classes)})")
         if self.temperature != 1.0:
-            from ser.calibration import with_temperature
+            from ser.training.calibration import with_temperature
 
             probabilities = with_temperature(probabilities, self.temperature)
         return probabilities

@@ -1,0 +1,1 @@
+"""Corpora, their download and harmonization into the one metadata table, augmentation."""

@@ -1,0 +1,61 @@
+"""Run ``ser serve``: snapshot the loaded model, start the predictor processes, serve the app.
+
+The command line loads the model once (resolving an MLflow alias or URI to one version) and
+hands the Predictor here; the workers load a copy of its bundle, so all of them serve that
+version for the server's whole life, restarts included.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ser.runtime.executor import cpu_count
+from ser.serving.pool import PredictorPool, resolve_workers
+from ser.serving.workers import snapshot
+
+# Seconds uvicorn waits for requests in progress when told to stop, so a stop stays prompt.
+GRACEFUL_STOP_S = 5
+
+
+def build_pool(predictor, serve_params: dict[str, Any], scratch: str | Path) -> PredictorPool:
+    """A started pool over a snapshot of ``predictor`` in ``scratch`` (raises ValueError,
+    WorkerError)."""
+    workers = resolve_workers(int(serve_params["workers"]), cpu_count())
+    pool = PredictorPool(snapshot(predictor, Path(scratch) / "bundle"), workers=workers,
+                         max_queue=int(serve_params["max_queue"]), timeout_s=float(serve_params["timeout_s"]))
+    pool.start()
+    return pool
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_server(predictor, serve_params: dict[str, Any], *, host: str, port: int, model_description: str,
+               model_info: dict[str, Any] | None) -> None:
+    """Serve until stopped (Ctrl-C, SIGTERM); the workers and the snapshot go with the server."""
+    import uvicorn
+
+    from ser.serving.app import create_app
+
+    # uvicorn stops gracefully on SIGTERM, then raises it again; as an exception (not the default
+    # action, which ends the process on the spot) it lets the snapshot folder below be removed.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ser-serve-") as scratch:
+            pool = build_pool(predictor, serve_params, scratch)
+            try:
+                app = create_app(pool, max_bytes=int(serve_params["max_bytes"]),
+                                 model_description=model_description, model_info=model_info)
+                print(f"ser serve: {model_description} on http://{host}:{port}/ with {pool.workers} predictor "
+                      f"processes, at most {pool.max_queue} requests in flight, {pool.timeout_s:g} s each",
+                      file=sys.stderr)
+                uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACEFUL_STOP_S)
+            finally:
+                pool.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""Folds, training, evaluation, the cross-corpus figure, tuning and tracking."""
