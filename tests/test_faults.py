@@ -201,6 +201,13 @@ def stage_command(tmp_path: Path, metadata: pd.DataFrame, sets: list[str]) -> li
             "--out", str(tmp_path / "features"), "--params", str(params)]
 
 
+def as_a_shell_starts_it() -> None:
+    """SIGINT at its default in the stage, as a shell starts a job. A child inherits an ignored
+    signal, and Python turns SIGINT into KeyboardInterrupt only when it was not ignored at start:
+    when something in this test process had ignored it, the stage never saw the ctrl-c."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_once_clips_are_committed(stage: subprocess.Popen, cache_file: Path, how: str) -> list[psutil.Process]:
     """Waits for the first committed clips, then stops the stage as ``how`` says; returns its workers."""
     deadline = time.monotonic() + 240
@@ -229,11 +236,13 @@ def test_an_interrupted_features_run_leaves_no_partial_output_and_a_rerun_comple
     command = stage_command(tmp_path, metadata, sets)
     out, cache = tmp_path / "features", tmp_path / "cache"
     with open(tmp_path / "stage.log", "w") as log:  # a file, not a pipe: orphans could hold a pipe open
-        stage = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
+        stage = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True,
+                                 preexec_fn=as_a_shell_starts_it)
     workers = []
     try:
         workers = interrupt_once_clips_are_committed(stage, cache / FeatureCache.FILENAME, how)
-        assert stage.returncode != 0
+        assert stage.returncode != 0, (f"the stage finished as if never interrupted (SIGINT here: "
+                                       f"{signal.getsignal(signal.SIGINT)})")
         _, alive = psutil.wait_procs(workers, timeout=30)
         assert not alive, f"worker processes outlived the stopped stage: {alive}"
     finally:

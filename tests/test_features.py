@@ -52,7 +52,7 @@ def vowel(seconds: float = 1.5, f0: tuple[float, float] = (110.0, 170.0), seed: 
 
 
 def named(y: np.ndarray, params: dict = FEATURES) -> dict[str, float]:
-    values = extract(y, params, ["functionals"], AUDIO)["functionals"]
+    values = extract(y, AUDIO, params, ["functionals"])["functionals"]
     return dict(zip(functional_names(params), values))
 
 
@@ -99,7 +99,7 @@ def test_centroid_follows_frequency_and_rms_follows_amplitude():
 
 @pytest.mark.parametrize("seconds", [0.05, 0.3, 3.0, 5.0])
 def test_shapes_are_fixed_and_values_finite_for_any_length(seconds):
-    out = extract(vowel(seconds), FEATURES, ["functionals", "sequences"], AUDIO)
+    out = extract(vowel(seconds), AUDIO, FEATURES, ["functionals", "sequences"])
     frames = n_frames(AUDIO, FEATURES)
     assert frames == 1 + 3 * SR // 160
     assert out["functionals"].shape == (len(functional_names(FEATURES)),)
@@ -117,24 +117,24 @@ def test_functional_names_follow_params():
             "contrast_06_mean", "chroma_deviation_mean", "energy_entropy_std", "flux_mean"} <= set(names)
     fewer = functional_names({**FEATURES, "n_mfcc": 13})
     assert len(names) - len(fewer) == (40 - 13) * 3 * 2
-    assert extract(tone(1.0), {**FEATURES, "n_mfcc": 13}, ["functionals"], AUDIO)["functionals"].size == len(fewer)
+    assert extract(tone(1.0), AUDIO, {**FEATURES, "n_mfcc": 13}, ["functionals"])["functionals"].size == len(fewer)
 
 
 def test_contrast_bands_beyond_nyquist_are_a_clear_error():
     with pytest.raises(ValueError, match="contrast"):
-        extract(tone(0.5), {**FEATURES, "contrast_fmin": 200.0}, ["functionals"], AUDIO)
+        extract(tone(0.5), AUDIO, {**FEATURES, "contrast_fmin": 200.0}, ["functionals"])
 
 
 def test_sequences_use_the_fixed_length_signal():
     y = vowel(4.0)
     start = (y.size - 3 * SR) // 2
-    whole = extract(y, FEATURES, ["sequences"], AUDIO)
-    centre = extract(y[start:start + 3 * SR], FEATURES, ["sequences"], AUDIO)
+    whole = extract(y, AUDIO, FEATURES, ["sequences"])
+    centre = extract(y[start:start + 3 * SR], AUDIO, FEATURES, ["sequences"])
     np.testing.assert_allclose(whole["mfcc"], centre["mfcc"], atol=1e-4)
 
 
 def test_egemaps_gives_88_finite_values_named_as_opensmile_names_them():
-    values = extract(vowel(2.0), FEATURES, ["egemaps"], AUDIO)["egemaps"]
+    values = extract(vowel(2.0), AUDIO, FEATURES, ["egemaps"])["egemaps"]
     assert values.shape == (88,) and np.all(np.isfinite(values))
     smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                             feature_level=opensmile.FeatureLevel.Functionals)
@@ -171,7 +171,7 @@ def test_extract_clip_is_load_audio_then_extract(tmp_path):
     direct = extract_clip(path, AUDIO, FEATURES, ["functionals"])
     from ser.audio import load_audio
     np.testing.assert_array_equal(direct["functionals"],
-                                  extract(load_audio(path, AUDIO), FEATURES, ["functionals"], AUDIO)["functionals"])
+                                  extract(load_audio(path, AUDIO), AUDIO, FEATURES, ["functionals"])["functionals"])
 
 
 # ---- the stage machinery -------------------------------------------------------------------

@@ -160,8 +160,8 @@ def test_one_pass_gives_every_depth_as_the_float32_reference_does(ravdess_clips)
 
 def test_threads_do_not_change_the_numbers(ravdess_clips):
     y = load_audio(ravdess_clips[3], AUDIO)
-    one = extract(y, {**FEATURES, "whisper": {**WHISPER, "threads": 1}}, ["whisper"], AUDIO)
-    two = extract(y, {**FEATURES, "whisper": {**WHISPER, "threads": 2}}, ["whisper"], AUDIO)
+    one = extract(y, AUDIO, {**FEATURES, "whisper": {**WHISPER, "threads": 1}}, ["whisper"])
+    two = extract(y, AUDIO, {**FEATURES, "whisper": {**WHISPER, "threads": 2}}, ["whisper"])
     np.testing.assert_array_equal(one["whisper"], two["whisper"])
 
 
@@ -169,8 +169,8 @@ def test_each_depth_is_pooled_and_framed_from_one_pass(ravdess_clips):
     y = load_audio(ravdess_clips[1], AUDIO)
     depths = FEATURES["whisper"]["layers"]  # the default, several depths
     assert len(depths) >= 2
-    every = extract(y, FEATURES, ["whisper"], AUDIO)
-    alone = {depth: extract(y, {**FEATURES, "whisper": {**WHISPER, "layers": [depth]}}, ["whisper"], AUDIO)
+    every = extract(y, AUDIO, FEATURES, ["whisper"])
+    alone = {depth: extract(y, AUDIO, {**FEATURES, "whisper": {**WHISPER, "layers": [depth]}}, ["whisper"])
              for depth in depths}
     # Graphs with other outputs are fused a little differently by ONNX Runtime: equal to float32 rounding.
     np.testing.assert_allclose(every["whisper"], np.concatenate([alone[d]["whisper"] for d in depths]), atol=1e-4)
@@ -186,9 +186,8 @@ def test_params_from_before_layers_existed_mean_the_last_layer(ravdess_clips):
     y = load_audio(ravdess_clips[2], AUDIO)
     old = {key: value for key, value in WHISPER.items() if key != "layers"}
     assert whisper.layers_of(old) == [6]
-    np.testing.assert_array_equal(extract(y, {**FEATURES, "whisper": old}, ["whisper"], AUDIO)["whisper"],
-                                  extract(y, {**FEATURES, "whisper": {**WHISPER, "layers": [6]}}, ["whisper"],
-                                          AUDIO)["whisper"])
+    np.testing.assert_array_equal(extract(y, AUDIO, {**FEATURES, "whisper": old}, ["whisper"])["whisper"],
+                                  extract(y, AUDIO, {**FEATURES, "whisper": {**WHISPER, "layers": [6]}}, ["whisper"])["whisper"])
 
 
 def test_log_mel_matches_whisper_conventions():
@@ -211,8 +210,8 @@ def test_log_mel_matches_whisper_conventions():
 
 def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
     y = load_audio(ravdess_clips[0], AUDIO)
-    first = extract(y, FEATURES, ["whisper"], AUDIO)
-    second = extract(y, FEATURES, ["whisper"], AUDIO)
+    first = extract(y, AUDIO, FEATURES, ["whisper"])
+    second = extract(y, AUDIO, FEATURES, ["whisper"])
     assert first["whisper"].shape == (1024 * len(WHISPER["layers"]),) and first["whisper"].dtype == np.float32
     assert first["whisper_frames"].shape == (T_FRAMES, len(WHISPER["layers"]), 512)
     assert first["whisper_frames"].dtype == np.float16
@@ -223,7 +222,7 @@ def test_embeddings_are_deterministic_and_shaped(ravdess_clips, tmp_path: Path):
     # The same numbers in a fresh process (a pool worker, a server).
     code = ("import sys, numpy as np; import ser.features; from ser.audio import load_audio; "
             "from ser.features import extract; import json; a=json.loads(sys.argv[2]); f=json.loads(sys.argv[3]); "
-            "np.save(sys.argv[4], extract(load_audio(sys.argv[1], a), f, ['whisper'], a)['whisper'])")
+            "np.save(sys.argv[4], extract(load_audio(sys.argv[1], a), a, f, ['whisper'])['whisper'])")
     target = tmp_path / "embedding.npy"
     subprocess.run([sys.executable, "-c", code, str(ravdess_clips[0]), json.dumps(AUDIO), json.dumps(FEATURES),
                     str(target)], check=True)

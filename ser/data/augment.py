@@ -109,7 +109,7 @@ def augmented_signal(job: AugmentJob) -> np.ndarray:
 
 def augment_and_extract(job: AugmentJob) -> dict[str, np.ndarray]:
     """The per-copy work of the augment stage (module-level and pure, for any executor)."""
-    return extract(augmented_signal(job), job.feature_params, job.sets, job.audio_params)
+    return extract(augmented_signal(job), job.audio_params, job.feature_params, job.sets)
 
 
 def augment_params_hash(augment_params: dict) -> str:

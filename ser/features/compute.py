@@ -63,7 +63,7 @@ class ClipJob:
 def extract_job(job: ClipJob) -> dict[str, np.ndarray]:
     """The per-clip work of the features stage: front end, then the missing sets."""
     y = load_audio(job.path, job.audio_params)
-    return extract(y, job.feature_params, job.sets, job.audio_params)
+    return extract(y, job.audio_params, job.feature_params, job.sets)
 
 
 def resolve_path(path: str, root: Path) -> str:

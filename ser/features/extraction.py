@@ -62,14 +62,14 @@ def set_params_hash(set_name: str, audio_params: dict, feature_params: dict) -> 
                         "features": features})
 
 
-def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None,
-            audio_params: dict) -> dict[str, np.ndarray]:
+def extract(y: np.ndarray, audio_params: dict, feature_params: dict,
+            sets: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Features of a signal produced by ``ser.audio.load_audio`` (trimmed, normalized, untruncated).
 
     Returns ``functionals`` (1-D), ``egemaps`` (88), ``logmel``/``mfcc``/``fbank``
     (T x D, T fixed by ``audio_params["max_seconds"]``) and/or ``whisper`` (pooled encoder
     frames) with ``whisper_frames`` (T x depths x d_model) for the requested ``sets`` (None:
-    ``params_features["sets"]``). ``audio_params`` is the ``audio:`` section the signal went
+    ``feature_params["sets"]``). ``audio_params`` is the ``audio:`` section the signal went
     through (sample rate, fixed length).
     """
     audio = audio_params
@@ -78,24 +78,24 @@ def extract(y: np.ndarray, params_features: dict, sets: Iterable[str] | None,
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"extract expects a non-empty mono signal, got shape {y.shape}")
     result: dict[str, np.ndarray] = {}
-    for set_name in check_sets(params_features["sets"] if sets is None else sets):
+    for set_name in check_sets(feature_params["sets"] if sets is None else sets):
         if set_name == "functionals":
-            result["functionals"] = functionals(y, sample_rate, params_features)
+            result["functionals"] = functionals(y, sample_rate, feature_params)
         elif set_name == "egemaps":
             from ser.features.egemaps import egemaps  # openSMILE: loaded only for models that read it
 
             result["egemaps"] = egemaps(y, sample_rate)
         elif set_name == "whisper":
-            result.update(whisper_features(y, sample_rate, audio, params_features))
+            result.update(whisper_features(y, sample_rate, audio, feature_params))
         else:
-            result.update(sequences(y, audio, params_features))
+            result.update(sequences(y, audio, feature_params))
     for kind, values in result.items():
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{kind} features of this signal are not finite (NaN or infinity)")
     return result
 
 
-def extract_clip(source: AudioSource, audio_params: dict, params_features: dict,
+def extract_clip(source: AudioSource, audio_params: dict, feature_params: dict,
                  sets: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Encoded audio -> features through the one front end (what predict and serving call)."""
-    return extract(load_audio(source, audio_params), params_features, sets, audio_params)
+    return extract(load_audio(source, audio_params), audio_params, feature_params, sets)

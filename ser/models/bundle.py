@@ -129,7 +129,7 @@ class ModelBundle:
             if signal.ndim != 1 or signal.size == 0:
                 raise ValueError(f"signal {index}: expected a non-empty 1-D array, got shape {signal.shape}")
             checked.append(signal)
-        return self.inputs_from_extracted([extract(signal, self.features, sets, audio_params=self.audio)
+        return self.inputs_from_extracted([extract(signal, self.audio, self.features, sets)
                                            for signal in checked])
 
     # ---- predictions -----------------------------------------------------------------------

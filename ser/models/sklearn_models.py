@@ -133,7 +133,7 @@ def _pipeline(model_type: str, params: dict[str, Any], seed: int,
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
     steps = []
-    groups = embedding_groups(feature_names) if params.get("embedding_norm") else None
+    groups = embedding_groups(feature_names) if "embedding_norm" in params and params["embedding_norm"] else None
     if groups is not None:
         steps.append(("normalize_embeddings", FunctionTransformer(normalize_embeddings, kw_args={"groups": groups})))
     steps.append(("scale", StandardScaler()))

@@ -4,8 +4,8 @@ What a trial is: a set of values for some keys of ``model.<type>`` (``tune.space
 other keys as params.yaml has them. It is scored exactly as ``train`` cross-validates: the same
 labelled clips and speaker-independent folds (``ser.training.train.folded_data``) and the same per-fold fit
 (``ser.training.train.fit_fold``, seeded by ``train.seed``), so a trial of the current values reproduces
-the train stage's fold scores (to the last digit with as many BLAS threads as the trial has
-cores, ``cpus_per_trial``: a solver's sums depend on them). After each fold the trial reports
+the train stage's fold scores (to the last digit with ``cpus_per_trial: 1``: the train stage
+fits every fold on one math thread too, and a solver's sums depend on the thread count). After each fold the trial reports
 the running mean over the folds done (``cv_uar_mean`` ...): ASHA (``tune.scheduler: asha``)
 compares trials at equal fold counts and stops those that trail; every trial sees the folds in
 the same order.
