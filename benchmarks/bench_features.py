@@ -67,7 +67,7 @@ def seed_set_job(job: tuple[str, dict, dict]) -> np.ndarray:
 
 def feature_set_job(job: tuple[str, dict, dict, tuple[str, ...]]) -> int:
     path, audio_params, feature_params, sets = job
-    values = extract(load_audio(path, audio_params), feature_params, sets, audio_params)
+    values = extract(load_audio(path, audio_params), audio_params, feature_params, sets)
     return sum(v.size for v in values.values())
 
 
@@ -75,7 +75,7 @@ def warm_up_job(job: tuple[float, dict, dict]) -> int:
     """What a fresh worker pays once: imports and the first call of every extractor."""
     seconds, audio_params, feature_params = job
     y = (0.1 * np.sin(np.arange(int(16000 * seconds)) * 0.2)).astype(np.float32)
-    return len(extract(y, feature_params, ("functionals", "egemaps", "sequences"), audio_params))
+    return len(extract(y, audio_params, feature_params, ("functionals", "egemaps", "sequences")))
 
 
 class PeakRss:

@@ -92,10 +92,9 @@ def _load(model: str | None, params: dict, window_s: float | None = None, hop_s:
     predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
                                             registered_model=params["mlflow"]["registered_model"],
                                             predict_params=params["predict"])
-    if window_s is not None:
-        predictor.window_s = window_s
-    if hop_s is not None:
-        predictor.hop_s = hop_s
+    # Windowing is a setting of this run (params or flags), never frozen into the model it loads.
+    predictor.window_s = float(params["predict"]["window_s"] if window_s is None else window_s)
+    predictor.hop_s = float(params["predict"]["hop_s"] if hop_s is None else hop_s)
     threshold = params["predict"]["min_confidence"] if min_confidence is None else min_confidence
     predictor.min_confidence = threshold or None
     predictor.use_threads(os.cpu_count() or 1)  # one process, one file at a time: every core for the encoder

@@ -1,6 +1,8 @@
-"""Evaluate stage: metrics/evaluate.json and metrics/plots/* from the out-of-fold predictions.
+"""Evaluate stage: metrics/evaluate.json and metrics/plots/* from the out-of-fold predictions,
+added to the training run; then the served model (the trained bundle with the predict and
+serve settings) is logged to that run and registered, and on main made the @champion.
 
-Reads the split, train and mlflow sections of params.yaml.
+Reads the split, predict and serve sections of params.yaml.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from ser import project
 from ser.training.evaluate import evaluate
-from ser.training.tracking import log_evaluation
+from ser.serving.loader import CHAMPION
+from ser.training.tracking import log_evaluation, promote, read_run_file, register_served_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,10 +27,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cross-corpus", type=Path, help="metrics/cross_corpus.json (its ECE joins calibration.json)")
     parser.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args(argv)
-    split = project.load_params(args.params)["split"]
+    everything = project.load_params(args.params)
+    split = everything["split"]
     summary, report = evaluate(args.train, args.metrics, args.plots, protocol=split["protocol"],
                                calibration_path=args.calibration, cross_corpus_path=args.cross_corpus)
     log_evaluation(args.train, summary, args.plots, report, params_file=project.params_path(args.params))
+    version = register_served_model(args.train, everything["predict"], everything["serve"])
+    run = read_run_file(args.train)
+    if project.builds_champion(args.params):
+        promote(run["tracking_uri"], run["registered_model"], version)
+        print(f"{run['registered_model']} version {version} is now @{CHAMPION} (the default of ser predict / ser serve)")
+    else:
+        print(f"{run['registered_model']} version {version} registered; @{CHAMPION} not moved "
+              "(an experiment or uncommitted params; `ser promote` moves it)")
     shown = {k: round(summary[k], 4) for k in ("uar", "accuracy", "macro_f1")}
     print(json.dumps({"protocol": summary["protocol"], **shown,
                       "per_corpus_uar": {c: round(v["uar"], 4) for c, v in summary.get("per_corpus", {}).items()}}))

@@ -1,7 +1,7 @@
 """Train stage: cross-validated training + the final model, tracked in MLflow.
 
-Reads the audio, features, split, train, model, mlflow, predict and serve sections of params.yaml
-(the last two shape the served model it registers).
+Reads the audio, features, split, train, model and mlflow sections of params.yaml. The served
+model is logged and registered by the evaluate stage, with the predict and serve settings.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ser import project
-from ser.serving.loader import CHAMPION
-from ser.training.tracking import RunSettings, promote, read_run_file
+from ser.training.tracking import RunSettings
 from ser.training.train import load_training_inputs, train
 
 SECTIONS = ("audio", "features", "split", "train", "model")
@@ -36,19 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     tracking = RunSettings(uri=project.tracking_uri(), experiment=everything["mlflow"]["experiment"],
                            registered_model=everything["mlflow"]["registered_model"],
                            run_name=project.run_name(model["type"]), logged_params=everything,
-                           predict_params=everything["predict"], serve_params=everything["serve"],
                            tags=project.experiment_tags(), dataset_source=str(args.metadata))
     feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
     metadata = pd.read_parquet(args.metadata)
     result = train(metadata, inputs, augmented, params, args.out, tracking=tracking)
-    run = read_run_file(args.out)
-    if project.builds_champion(args.params):
-        promote(tracking.uri, run["registered_model"], run["model_version"])
-        print(f"{run['registered_model']} version {run['model_version']} is now @{CHAMPION} "
-              "(the default of ser predict / ser serve)")
-    else:
-        print(f"{run['registered_model']} version {run['model_version']} registered; @{CHAMPION} not moved "
-              "(an experiment or uncommitted params; `ser promote` moves it)")
     means = {k: round(sum(f[k] for f in result.fold_scores) / len(result.fold_scores), 4)
              for k in ("uar", "accuracy", "macro_f1")}
     print(f"{model['type']} ({feature_input}): fold means {means}; MLflow run {result.run_id}")

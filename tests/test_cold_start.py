@@ -194,6 +194,13 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     local, _ = loader.load_predictor(folder, tracking_uri=registry, registered_model=REGISTERED,
                                        predict_params=params["predict"])
     assert (local.window_s, local.hop_s) == (2.5, 1.25)
+    # ser predict / ser serve window with this run's settings (params or flags), not the model's.
+    from ser.cli import _load
+
+    loaded, _ = _load(str(folder), {**params, "predict": {**params["predict"], "window_s": 4.0, "hop_s": 2.0}})
+    assert (loaded.window_s, loaded.hop_s) == (4.0, 2.0)
+    flagged, _ = _load(str(folder), params, window_s=6.0, hop_s=3.0)
+    assert (flagged.window_s, flagged.hop_s) == (6.0, 3.0)
 
 
 def test_models_mlflow_must_not_unpickle_go_through_mlflow(registry, monkeypatch):

@@ -218,3 +218,13 @@ def test_stage_deps_exist_and_skip_tests(name: str) -> None:
         assert not dep.startswith("tests"), f"{name}: tests/ is not stage code"
         if dep.startswith(("ser", "stages")):
             assert (REPO_ROOT / dep).exists(), f"{name}: dep {dep} does not exist"
+
+
+def test_serving_settings_never_retrain_the_model():
+    """Windowing and serving settings are applied when a model is loaded and when the evaluate
+    stage registers the served model, so changing one re-runs no training."""
+    stages = _stages()
+    for name in ("train", "crosscorpus"):
+        read = [str(p) for p in stages[name].get("params", [])]
+        assert not [p for p in read if p.split(".")[0] in ("predict", "serve")], (name, read)
+    assert {"predict", "serve.max_bytes", "serve.allow_path", "serve.path_root"} <= set(stages["evaluate"]["params"])

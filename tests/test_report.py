@@ -55,7 +55,7 @@ def make_pipeline_outputs(root: Path, with_epochs: bool = True, run_id: str | No
                              "speaker": f"{corpus}_{k}", "gender": "female" if k % 2 else "male",
                              "emotion": emotion, "duration_s": seconds, "status": "ok", "problem": None})
                 signal = load_audio(path, params["audio"])
-                extracted = extract(signal, params["features"], ["egemaps"], params["audio"])
+                extracted = extract(signal, params["audio"], params["features"], ["egemaps"])
                 egemaps.append([utterance, *extracted["egemaps"]])
     rows.append({"utterance_id": "tess_broken", "corpus": "tess", "path": str(root / "audio" / "gone.wav"),
                  "speaker": "tess_9", "gender": "female", "emotion": "sad", "duration_s": 0.0,

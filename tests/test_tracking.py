@@ -57,7 +57,7 @@ def tracked_run(tmp_path_factory):
                              "pcm_sha256": f"{speaker}{emotion}{take}"})
                 signals.append(tone(f0, rng))
     metadata = pd.DataFrame(rows)
-    X = np.stack([np.concatenate([(e := extract(y, FEATURES, ["functionals", "egemaps"], AUDIO))["functionals"],
+    X = np.stack([np.concatenate([(e := extract(y, AUDIO, FEATURES, ["functionals", "egemaps"]))["functionals"],
                                   e["egemaps"]]) for y in signals]).astype(np.float32)
     params = project_params(
         audio=AUDIO, features=FEATURES,
@@ -70,16 +70,17 @@ def tracked_run(tmp_path_factory):
     settings = tracking.RunSettings(
         uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="ser-tracking-test", registered_model="ser-emotion-test",
         run_name="svm-exp-under-test", logged_params={**params, "extra": {"note": 1}},
-        predict_params=params["predict"], serve_params=params["serve"], tags={"dvc_exp_name": "exp-under-test"})
+        tags={"dvc_exp_name": "exp-under-test"})
     inputs = ModelInputs(metadata["utterance_id"].tolist(), X, [f"v{i}" for i in range(X.shape[1])])
     result = train(metadata, inputs, None, params, folder / "train", tracking=settings)
     summary, report = evaluate(folder / "train", folder / "evaluate.json", folder / "plots")
     tracking.log_evaluation(folder / "train", summary, folder / "plots", report)
-    yield result, folder, params
+    version = tracking.register_served_model(folder / "train", params["predict"], params["serve"])
+    yield result, folder, params, version
 
 
 def test_store_holds_the_run_params_tags_metrics_and_folds(tracked_run):
-    result, folder, params = tracked_run
+    result, folder, params, version = tracked_run
     assert tracking.read_run_file(folder / "train")["run_id"] == result.run_id
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     run = client.get_run(result.run_id)
@@ -98,7 +99,7 @@ def test_store_holds_the_run_params_tags_metrics_and_folds(tracked_run):
 
 
 def test_the_experiment_opens_on_training_runs_and_each_run_names_its_dataset(tracked_run):
-    result, folder, params = tracked_run
+    result, folder, params, version = tracked_run
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     run = client.get_run(result.run_id)
     experiment = client.get_experiment(run.info.experiment_id)
@@ -110,7 +111,7 @@ def test_the_experiment_opens_on_training_runs_and_each_run_names_its_dataset(tr
 
 
 def test_logged_estimator_and_registered_audio_model_load_and_predict(tracked_run):
-    result, folder, params = tracked_run
+    result, folder, params, version = tracked_run
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     logged = {m.name: m for m in client.search_logged_models([client.get_run(result.run_id).info.experiment_id])}
@@ -154,13 +155,13 @@ def test_tracking_uri_defaults_to_the_repo_store(monkeypatch, tmp_path):
 def test_the_champion_alias_names_the_default_model(tracked_run):
     from ser.serving.loader import load_predictor
 
-    result, folder, params = tracked_run
+    result, folder, params, version = tracked_run
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     run = tracking.read_run_file(folder / "train")
-    assert run["registered_model"] == "ser-emotion-test" and run["model_version"] == "1"
+    assert run["registered_model"] == "ser-emotion-test" and version == "1"
     with pytest.raises(ValueError, match="@champion.*ser promote"):
         load_predictor(None, tracking_uri=uri, registered_model="ser-emotion-test", predict_params=params["predict"])
-    tracking.promote(uri, "ser-emotion-test", run["model_version"])
+    tracking.promote(uri, "ser-emotion-test", version)
     predictor, description = load_predictor(None, tracking_uri=uri, registered_model="ser-emotion-test",
                                             predict_params=params["predict"])
     assert description == "MLflow model models:/ser-emotion-test@champion" and predictor.classes == result.classes
@@ -173,7 +174,7 @@ def test_the_champion_alias_names_the_default_model(tracked_run):
 
 def test_ser_promote_moves_an_alias_and_explains_a_missing_version(tracked_run, tmp_path):
     """The ``ser promote`` command (an alias of its own, so the @champion test is unaffected)."""
-    result, folder, params = tracked_run
+    result, folder, params, version = tracked_run
     project_dir = tmp_path / "project"
     project_dir.mkdir()
     text = (project.repo_root(Path(__file__).parent) / "params.yaml").read_text()

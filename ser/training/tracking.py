@@ -155,8 +155,6 @@ class RunSettings:
     registered_model: str
     run_name: str
     logged_params: dict[str, Any]         # the run's params: the whole params.yaml in the stage
-    predict_params: dict[str, Any]        # the served model's windowing ...
-    serve_params: dict[str, Any]          # ... and payload limit
     tags: dict[str, str] = field(default_factory=dict)
     dataset_source: str = "data/interim/metadata.parquet"
 
@@ -224,7 +222,6 @@ class TrainingRun:
             return None
         import mlflow
 
-        from ser.serving import pyfunc
         from ser.training.metrics import mean_std
 
         for name, spread in mean_std(fold_scores).items():
@@ -232,10 +229,8 @@ class TrainingRun:
         mlflow.log_metrics({"cv_seconds": info["cv_seconds"]})
         mlflow.log_dict(info, "train_info.json")
         log_flavor(bundle, input_example)
-        logged = pyfunc.log_model(out / "model", self.settings.predict_params, self.settings.serve_params,
-                                  registered_model_name=self.settings.registered_model, name="audio_model")
         write_run_file(out, self.run_id, self.experiment_id, self.settings.experiment, self.settings.uri,
-                       self.settings.registered_model, str(logged.registered_model_version))
+                       self.settings.registered_model)
         return self.run_id
 
 
@@ -291,6 +286,24 @@ def log_evaluation(train_dir: str | os.PathLike, summary: dict[str, Any], plots_
         mlflow.log_artifacts(str(plots_dir), "plots")
         if params_file is not None and Path(params_file).is_file():
             mlflow.log_artifact(str(params_file))
+
+
+def register_served_model(train_dir: str | os.PathLike, predict_params: dict[str, Any],
+                          serve_params: dict[str, Any]) -> str:
+    """Log the trained bundle as the audio-in served model (:mod:`ser.serving.pyfunc`) to the
+    training run of ``train_dir``, with the windowing and serving settings as its
+    ``model_config``, register it under the run's registered model and return the version.
+    Apart from training: a serving setting changes this, never the trained model."""
+    import mlflow
+
+    from ser.serving import pyfunc
+
+    run = read_run_file(train_dir)
+    mlflow.set_tracking_uri(run["tracking_uri"])
+    with retry(lambda: mlflow.start_run(run_id=run["run_id"])):
+        logged = pyfunc.log_model(Path(train_dir) / "model", predict_params, serve_params,
+                                  registered_model_name=run["registered_model"], name="audio_model")
+    return str(logged.registered_model_version)
 
 
 # ---- which registered version predict and serve use by default --------------------------------
