@@ -352,7 +352,7 @@ def score_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: s
 # Every fold is fitted on one math thread, in this process or in a worker, so that the scores do
 # not depend on train.workers: BLAS's and TensorFlow's sums change in their last digits with the
 # number of threads. Two one-thread fits at once also finish sooner than two two-thread fits in
-# a row (an lbfgs fold: 12 s against 18 s; a Keras epoch: 2.7 s against 2.0 s).
+# a row, far more so for the linear probe than for Keras (docs/RESULTS.md).
 _WORKER_FOLDS: dict[str, Any] = {}
 
 
