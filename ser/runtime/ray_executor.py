@@ -1,4 +1,4 @@
-"""Per-clip work on a Ray cluster: :class:`RayExecutor`, the ``ray`` entry of :data:`ser.runtime.executor.EXECUTORS`.
+"""Per-clip work on a Ray cluster: :class:`RayExecutor`, the ``ray`` entry of :data:`ser.runtime.EXECUTORS`.
 
 Where it runs. Given an address (the ``ray_address`` of ``data:`` / ``features:``, else
 ``$RAY_ADDRESS``) the executor joins that cluster as a driver and leaves it running when the map
@@ -42,9 +42,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ser.runtime.executor import (WORKER_DIED, DeathCount, Executor, Outcome, cpu_count, describe_error, run_batch,
+                                  use_private_numba_cache)
 from ser.runtime.ray_session import ray_session
-from ser.runtime.executor import (WORKER_DIED, Executor, Outcome, DeathCount, describe_error, run_batch, cpu_count,
-                          use_private_numba_cache)
 
 # Batches in flight per cluster CPU: one running, one queued on its node so no CPU waits for the
 # driver between tasks.
@@ -72,7 +72,7 @@ def _run_payload(payload: bytes) -> list[tuple[Any, str | None]]:
 
 
 def ray_options(section: dict[str, Any]) -> dict[str, Any]:
-    """The :func:`ser.runtime.executor.make_executor` options in a ``data:`` or ``features:`` section:
+    """The :func:`ser.runtime.make_executor` options in a ``data:`` or ``features:`` section:
     the cluster address when it names the Ray executor, none for the others (they take none)."""
     return {"address": section["ray_address"]} if section["executor"] == "ray" else {}
 

@@ -356,18 +356,25 @@ def score_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: s
 _WORKER_FOLDS: dict[str, Any] = {}
 
 
+def tensorflow_threads(model_type: str, threads: int) -> None:
+    """For a Keras family, TensorFlow's pool sized to ``threads`` (it sizes itself by the machine's
+    cores otherwise); a process whose TensorFlow already started keeps its setting."""
+    if not is_keras(model_type):
+        return
+    import contextlib
+
+    import tensorflow as tf
+
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def one_math_thread(model_type: str):
     """Limits BLAS (and, in a fresh process, TensorFlow) to one thread; a context manager."""
     from threadpoolctl import threadpool_limits
 
-    if is_keras(model_type):
-        import contextlib
-
-        import tensorflow as tf
-
-        with contextlib.suppress(RuntimeError):  # initialized already: this process keeps its threads
-            tf.config.threading.set_intra_op_parallelism_threads(1)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+    tensorflow_threads(model_type, 1)
     return threadpool_limits(1)
 
 

@@ -52,11 +52,11 @@ import yaml
 from ray import tune as ray_tune
 
 from ser.training.metrics import METRICS, mean_std
-from ser.models import is_keras, resolve_feature_input
+from ser.models import resolve_feature_input
 from ser.params import ParamsError, flatten, validate_section
 from ser.runtime.ray_session import ray_session
 from ser.training.tracking import TrainingRun, loggable_params, retry, run_tags, use_experiment
-from ser.training.train import LabelledData, ModelInputs, fit_fold, folded_data
+from ser.training.train import LabelledData, ModelInputs, fit_fold, folded_data, tensorflow_threads
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,7 @@ def _outside(model_type: str, key: str, value: Any, spec: dict[str, Any]) -> Non
 def run_trial(config: dict[str, Any], *, data: LabelledData, folds: pd.DataFrame, params: dict[str, Any],
               model_type: str, space: dict[str, dict[str, Any]], cpus: int) -> None:
     """Cross-validate one configuration, reporting the running fold means after every fold."""
-    if is_keras(model_type):
-        import tensorflow as tf
-
-        # TensorFlow sizes its pool by the machine's cores, not by the trial's share of them.
-        with contextlib.suppress(RuntimeError):  # already initialized: a reused worker keeps its setting
-            tf.config.threading.set_intra_op_parallelism_threads(cpus)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+    tensorflow_threads(model_type, cpus)  # the trial's share of the cores, not the machine's
     trial_params = with_values(params, model_type, decode(config, space))
     untracked = TrainingRun(None, data.clips, {}, trial_params["train"]["target"])
     done: list[dict[str, float]] = []
