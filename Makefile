@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONWARNINGS := ignore::DeprecationWarning
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup browser repro test test-fast gate bench clean-venv
+.PHONY: setup browser repro test test-fast gate bench results clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ gate: setup
 
 bench: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_features.py features
+
+# docs/RESULTS.md's generated tables, after metrics/ changed
+results: setup
+	$(BIN)/python tools/results.py
 
 clean-venv:
 	rm -rf $(VENV)

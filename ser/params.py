@@ -244,6 +244,7 @@ class ModelParams(Section):
     type: Literal["logreg", "mlp", "svm", "random_forest", "decision_tree",
                   "cnn1d", "cnn2d", "lstm", "bilstm", "gru", "clstm"]
     features: str
+    keras: KerasParams  # what every Keras family block holds unless it says otherwise
     logreg: LogregParams
     svm: SvmParams
     mlp: MlpParams
@@ -255,6 +256,23 @@ class ModelParams(Section):
     bilstm: RecurrentParams
     gru: RecurrentParams
     clstm: ConvRecurrentParams
+
+
+KERAS_FAMILIES = tuple(name for name, field in ModelParams.model_fields.items()
+                       if name != "keras" and isinstance(field.annotation, type)
+                       and issubclass(field.annotation, KerasParams))
+
+
+def with_keras_defaults(model: Any) -> Any:
+    """The model section with every Keras family block completed from ``model.keras``: the
+    shared values are written once in params.yaml, a family's own block overrides them."""
+    if not isinstance(model, dict) or not isinstance(model.get("keras"), dict):
+        return model
+    completed = dict(model)
+    for family in KERAS_FAMILIES:
+        if isinstance(model.get(family), dict):
+            completed[family] = {**model["keras"], **model[family]}
+    return completed
 
 
 # --- tracking, predict, serve -----------------------------------------------------------------
@@ -406,9 +424,11 @@ def _check(schema: type[Section], values: Any, prefix: str, source: str) -> None
 
 def validate(params: Any, source: str = "params") -> dict[str, Any]:
     """The whole file: every section present, typed, with no unknown keys. Returns a deep copy
-    of the mapping as written."""
+    of the mapping as written, the Keras family blocks completed from ``model.keras``."""
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
+    if "model" in params:
+        params = {**params, "model": with_keras_defaults(params["model"])}
     _check(Params, params, "", source)
     return copy.deepcopy(params)
 
@@ -417,6 +437,8 @@ def validate_section(name: str, values: Any, source: str = "params") -> dict[str
     """One section (for callers that were handed a section rather than the file)."""
     if name not in SECTIONS:
         raise ParamsError(f"{source}: no section '{name}' in the schema (sections: {', '.join(SECTIONS)})")
+    if name == "model":
+        values = with_keras_defaults(values)
     _check(SECTIONS[name], values, name, source)
     return copy.deepcopy(values)
 

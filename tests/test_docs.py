@@ -31,3 +31,14 @@ def test_every_params_key_is_named_in_the_documentation():
 
     missing = [key for key in keys(params) if not named(key)]
     assert missing == [], f"params.yaml keys no document names: {missing}"
+
+
+def test_the_generated_tables_agree_with_the_metrics():
+    """The README's and docs/RESULTS.md's generated tables are what tools/results.py renders
+    from metrics/*.json."""
+    from tools.results import DOCUMENTS, render
+
+    for document in DOCUMENTS:
+        text = document.read_text(encoding="utf-8")
+        assert "<!-- begin generated: " in text, document
+        assert render(text, REPO / "metrics") == text, f"{document} is stale: run python tools/results.py"

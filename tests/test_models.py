@@ -160,7 +160,7 @@ def test_wrong_input_shape_is_a_clear_error():
 
 
 def test_feature_input_resolution():
-    assert set(PARAMS["model"]) - {"type", "features"} == set(MODEL_TYPES)
+    assert set(PARAMS["model"]) - {"type", "features", "keras"} == set(MODEL_TYPES)
     for model_type in SKLEARN_TYPES:
         own = PARAMS["model"][model_type]
         assert resolve_feature_input(model_type, "auto", own) == own["input"]

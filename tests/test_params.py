@@ -10,13 +10,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ser.params import ParamsError, load, validate, validate_section
+from ser.params import KERAS_FAMILIES, ParamsError, load, validate, validate_section
 from tests.params_support import PARAMS, REPO
 
 
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
 def test_the_shipped_params_file_validates_and_comes_back_as_written():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert load(REPO / "params.yaml") == raw
+    """As written, with every Keras family block completed from ``model.keras``."""
+    raw = raw_params()
+    loaded = load(REPO / "params.yaml")
+    assert {name: value for name, value in loaded.items() if name != "model"} == {
+        name: value for name, value in raw.items() if name != "model"}
+    for name, block in raw["model"].items():
+        completed = {**raw["model"]["keras"], **block} if name in KERAS_FAMILIES else block
+        assert loaded["model"][name] == completed, name
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
@@ -47,12 +57,24 @@ def test_an_unknown_key_is_refused_with_its_dotted_name():
 
 
 def test_a_missing_key_is_an_error_not_a_silent_default():
-    params = copy.deepcopy(PARAMS)
-    del params["model"]["lstm"]["patience"]
+    params = raw_params()
+    del params["model"]["keras"]["patience"]
     del params["audio"]
     with pytest.raises(ParamsError) as caught:
         validate(params, "params.yaml")
-    assert "model.lstm.patience: missing" in str(caught.value) and "audio: missing" in str(caught.value)
+    assert "model.keras.patience: missing" in str(caught.value) and "audio: missing" in str(caught.value)
+    assert "model.lstm.patience: missing" in str(caught.value)  # no family has it either
+
+
+def test_keras_families_take_the_shared_block_and_override_it_with_their_own():
+    params = raw_params()
+    params["model"]["keras"]["patience"] = 9
+    params["model"]["gru"]["patience"] = 2
+    model = validate(params, "params.yaml")["model"]
+    assert model["gru"]["patience"] == 2
+    assert all(model[family]["patience"] == 9 for family in ("cnn1d", "cnn2d", "lstm", "bilstm", "clstm"))
+    assert model["cnn1d"]["max_steps"] == params["model"]["cnn1d"]["max_steps"] != params["model"]["keras"]["max_steps"]
+    assert validate_section("model", params["model"]) == model
 
 
 def test_one_section_validates_alone():

@@ -38,6 +38,8 @@ def standardize_groups(X: np.ndarray, groups: Sequence[str], reference: np.ndarr
     The statistics come from ``reference`` rows (default: ``X`` itself) of the same group, e.g.
     augmented copies standardized with their source speaker's real clips.
     """
+    # float16 frames stay float16 (half the memory; the models read them in that dtype), computed in float32
+    dtype = np.float16 if np.asarray(X).dtype == np.float16 else np.float32
     X = np.asarray(X, dtype=np.float32)
     groups = np.asarray([str(g) for g in groups], dtype=object)
     if len(groups) != len(X):
@@ -45,7 +47,7 @@ def standardize_groups(X: np.ndarray, groups: Sequence[str], reference: np.ndarr
     if reference is None:
         reference, reference_groups = X, groups
     reference_groups = np.asarray([str(g) for g in reference_groups], dtype=object)
-    out = np.empty_like(X)
+    out = np.empty(X.shape, dtype=dtype)
     for name in np.unique(groups):
         rows = groups == name
         source = reference[reference_groups == name]

@@ -139,18 +139,52 @@ class SpecAugment(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ser")
 class DepthWeighting(keras.layers.Layer):
-    """A learned softmax-weighted sum of an encoder's depths: ``(batch, T, depths, C) -> (batch, T, C)``,
-    as the SSL benchmarks (SUPERB, EmoBox) combine hidden layers; the weights start equal."""
+    """Standardizes an encoder's frames and takes a learned softmax-weighted sum of its depths,
+    ``(batch, T, depths, C) -> (batch, T, C)``, as the SSL benchmarks (SUPERB, EmoBox) combine
+    hidden layers; the weights start equal.
+
+    Each (depth, channel) value is standardized with the training frames' statistics
+    (:meth:`set_statistics`). Both steps are linear, so they run as one scale per (depth, channel)
+    and one offset per channel: a single pass over the frames, which are most of an epoch's
+    memory traffic (docs/RESULTS.md).
+    """
 
     def build(self, input_shape):
-        self.logits = self.add_weight(name="logits", shape=(int(input_shape[2]),), initializer="zeros")
+        depths, channels = int(input_shape[2]), int(input_shape[3])
+        self.logits = self.add_weight(name="logits", shape=(depths,), initializer="zeros")
+        self.mean = self.add_weight(name="mean", shape=(depths, channels), initializer="zeros", trainable=False)
+        self.inverse_std = self.add_weight(name="inverse_std", shape=(depths, channels), initializer="ones",
+                                           trainable=False)
+
+    def set_statistics(self, mean: np.ndarray, variance: np.ndarray) -> None:
+        """Per (depth, channel) mean and variance of the training frames."""
+        std = np.maximum(np.sqrt(np.asarray(variance, dtype=np.float64)), keras.backend.epsilon())
+        self.mean.assign(np.asarray(mean, dtype=np.float32))
+        self.inverse_std.assign((1.0 / std).astype(np.float32))
 
     def call(self, inputs):
-        weights = keras.ops.softmax(self.logits)
-        return keras.ops.einsum("btdc,d->btc", inputs, weights)
+        scale = keras.ops.softmax(self.logits)[:, None] * self.inverse_std
+        weighted = keras.ops.cast(inputs[:, :, 0], "float32") * scale[0]
+        for depth in range(1, inputs.shape[2]):
+            weighted = weighted + keras.ops.cast(inputs[:, :, depth], "float32") * scale[depth]
+        return weighted - keras.ops.sum(scale * self.mean, axis=0)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], input_shape[3])
+
+
+def frame_statistics(X: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance over clips and time of frames ``(n, T, depths, C)``, per (depth, channel),
+    summed in float64 chunk by chunk (float16 sums over thousands of clips would overflow)."""
+    total = np.zeros(X.shape[2:], dtype=np.float64)
+    squares = np.zeros(X.shape[2:], dtype=np.float64)
+    for start in range(0, len(X), chunk):
+        block = np.asarray(X[start:start + chunk], dtype=np.float32).reshape(-1, *X.shape[2:])
+        total += block.sum(axis=0, dtype=np.float64)
+        squares += np.square(block).sum(axis=0, dtype=np.float64)  # exact: a float16's square fits a float32
+    count = len(X) * X.shape[1]
+    mean = total / count
+    return mean, np.maximum(squares / count - np.square(mean), 0.0)
 
 
 @keras.saving.register_keras_serializable(package="ser")
@@ -278,8 +312,7 @@ def build_network(model_type: str, params: dict[str, Any], input_shape: tuple[in
     dropout = float(params["dropout"])
     inputs = keras.Input(shape=input_shape, name="features", dtype=input_dtype(input_shape))
     if len(input_shape) == 3:  # (T, depths, C): every value standardized, then the depths weighed
-        x = keras.layers.Normalization(axis=(-2, -1), name="standardize")(keras.ops.cast(inputs, "float32"))
-        x = DepthWeighting(name="depth_weighting")(x)
+        x = DepthWeighting(name="depth_weighting")(inputs)
     else:
         x = keras.layers.Normalization(axis=-1, name="standardize")(inputs)
         x = _as_sequence(x, input_shape)
@@ -361,14 +394,20 @@ class KerasEstimator:
             return order.batch(batch_size).map(lambda rows: tf.gather(tensors[0], rows)).prefetch(1)
         return order.batch(batch_size).map(lambda rows: tuple(tf.gather(t, rows) for t in tensors)).prefetch(1)
 
+    def _standardize_with(self, X: np.ndarray) -> None:
+        """The input standardization's statistics, from the training rows."""
+        if len(self.input_shape) == 3:
+            self.model.get_layer("depth_weighting").set_statistics(*frame_statistics(X))
+        else:
+            self.model.get_layer("standardize").adapt(
+                tf.data.Dataset.from_tensor_slices(X).batch(256).map(lambda batch: tf.cast(batch, tf.float32)))
+
     def fit(self, X, y, X_val=None, y_val=None, sample_weight: np.ndarray | None = None) -> dict[str, list]:
         make_deterministic(self.seed)
         p = self.params
         X = self._check(X)
         y = np.asarray(y, dtype=np.int64)
-        # adapted in float32 batches: float16 sums over thousands of clips would overflow
-        self.model.get_layer("standardize").adapt(
-            tf.data.Dataset.from_tensor_slices(X).batch(256).map(lambda batch: tf.cast(batch, tf.float32)))
+        self._standardize_with(X)
         epochs = int(p["epochs"])
         batch_size = int(p["batch_size"])
         steps = max(1, math.ceil(len(X) / batch_size))

@@ -4,7 +4,7 @@ feature_names=None)`` (the column names of a table input, which some params refe
 Every estimator has ``fit(X, y, X_val=None, y_val=None, sample_weight=None) -> history``
 (a dict of per-epoch lists, ``{}`` for models without epochs), ``predict_proba(X)``,
 ``save(folder)`` and the class method ``load(folder)``. Standardization is part of the
-estimator (a scikit-learn scaler, or a Keras ``Normalization`` layer), fitted on the training
+estimator (a scikit-learn scaler, or the Keras network's first layer), fitted on the training
 data ``fit`` receives only.
 
 Keras families are imported lazily: TensorFlow costs seconds to import, and must be imported
@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ser.models.inputs import FEATURE_INPUTS, SEQUENCE_INPUTS, TABULAR_INPUTS, is_feature_input
+from ser.params import KERAS_FAMILIES
 
 SKLEARN_TYPES = ("logreg", "mlp", "svm", "random_forest", "decision_tree")
-KERAS_TYPES = ("cnn1d", "cnn2d", "lstm", "bilstm", "gru", "clstm")
+KERAS_TYPES = KERAS_FAMILIES  # the schema's Keras blocks, each completed from model.keras
 MODEL_TYPES = SKLEARN_TYPES + KERAS_TYPES
 
 

@@ -19,7 +19,6 @@ mixed with the headline.
 from __future__ import annotations
 
 import copy
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ import pandas as pd
 
 from ser.training.calibration import cross_fitted, expected_calibration_error
 from ser.training.metrics import scores
-from ser.training.train import ModelInputs, train
+from ser.training.train import ModelInputs, cross_validate, out_of_fold, prepare_cross_validation
 
 PROTOCOL = "leave_one_corpus_out"
 TRAIN_ON = ("all", "shared")
@@ -44,16 +43,18 @@ def answers_among(oof: pd.DataFrame, emotions: list[str]) -> pd.DataFrame:
     return rows.assign(y_pred=np.asarray(emotions, dtype=object)[probabilities.argmax(axis=1)])
 
 
-def _figure(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
-            params: dict[str, Any], emotions: list[str], train_on: str, speaker_norm: str) -> dict[str, Any]:
+def _figure_params(params: dict[str, Any], emotions: list[str], train_on: str, speaker_norm: str) -> dict[str, Any]:
     params = copy.deepcopy(params)
     params["split"]["protocol"] = PROTOCOL
     params["train"]["speaker_norm"] = speaker_norm
     if train_on == "shared":
         params["train"]["emotions"] = list(emotions)
-    with tempfile.TemporaryDirectory(prefix="ser-crosscorpus-") as scratch:
-        result = train(metadata, inputs, augmented, params, scratch, fit_final_model=False)
-    answered = answers_among(result.oof, emotions)
+    return params
+
+
+def _figure(oof: pd.DataFrame, trained_classes: list[str], emotions: list[str], train_on: str,
+            speaker_norm: str) -> dict[str, Any]:
+    answered = answers_among(oof, emotions)
     shared = answered[[f"p_{e}" for e in emotions]].to_numpy(dtype=np.float64)
     shared /= shared.sum(axis=1, keepdims=True)  # the answer's probabilities among the shared emotions
     labels = pd.Index(emotions).get_indexer(answered["y_true"])
@@ -73,7 +74,7 @@ def _figure(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs 
         "speaker_norm": speaker_norm,
         "transductive": speaker_norm != "none",
         "train_on": train_on,
-        "trained_classes": result.classes,
+        "trained_classes": trained_classes,
         "classes": sorted(emotions),
     }
 
@@ -95,17 +96,16 @@ def cross_corpus(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelIn
         raise ValueError(f"cross-corpus evaluation needs at least two corpora in data.corpora; have {corpora}")
     emotions = list(emotions)
     other = "shared" if train_on == "all" else "all"
-    summary: dict[str, Any] = {
-        "protocol": PROTOCOL,
-        "corpora": corpora,
-        "emotions": emotions,
-        "model_type": params["model"]["type"],
-        "speaker_independent": True,
-        "headline": _figure(metadata, inputs, augmented, params, emotions, train_on, "none"),
-    }
+    figures = {"headline": (train_on, "none")}
     if other_train_on:
-        summary[f"train_on_{other}"] = _figure(metadata, inputs, augmented, params, emotions, other, "none")
+        figures[f"train_on_{other}"] = (other, "none")
     if transductive:
-        summary["transductive_speaker_norm"] = _figure(metadata, inputs, augmented, params, emotions,
-                                                       train_on, "speaker")
+        figures["transductive_speaker_norm"] = (train_on, "speaker")
+    # every figure's folds in one pool of workers
+    jobs = [prepare_cross_validation(metadata, inputs, augmented, _figure_params(params, emotions, *figure))
+            for figure in figures.values()]
+    summary: dict[str, Any] = {"protocol": PROTOCOL, "corpora": corpora, "emotions": emotions,
+                               "model_type": params["model"]["type"], "speaker_independent": True}
+    for (name, figure), job, results in zip(figures.items(), jobs, cross_validate(jobs)):
+        summary[name] = _figure(out_of_fold(results), job.data.classes, emotions, *figure)
     return summary

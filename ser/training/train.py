@@ -363,7 +363,8 @@ def tensorflow_threads(model_type: str, threads: int) -> None:
         return
     import contextlib
 
-    import tensorflow as tf
+    # through keras_models, which imports opensmile before TensorFlow (docs/ARCHITECTURE.md)
+    from ser.models.keras_models import tf
 
     with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -378,24 +379,41 @@ def one_math_thread(model_type: str):
     return threadpool_limits(1)
 
 
+@dataclass
+class CrossValidation:
+    """One cross-validation to run: the labelled data, its folds, the model type and the params."""
+
+    data: LabelledData
+    folds: pd.DataFrame
+    model_type: str
+    params: dict[str, Any]
+    feature_input: str = ""
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return [int(f) for f in sorted(self.folds["fold"].unique())]
+
+
 def _start_fold_worker(state_path: str) -> None:
+    import dataclasses
     import pickle
 
     from ser.runtime.executor import init_worker_process
 
     init_worker_process()
     state = pickle.loads(Path(state_path).read_bytes())
-    data = state["data"]
-    data.X = np.load(state["X"], mmap_mode="r")
-    if state["copies_X"]:
-        data.copies_X = np.load(state["copies_X"], mmap_mode="r")
-    one_math_thread(state["model_type"])
-    _WORKER_FOLDS.update(state, data=data)
+    jobs = []
+    for job, (X, copies_X) in zip(state["jobs"], state["arrays"]):
+        data = dataclasses.replace(job.data, X=np.load(X, mmap_mode="r"),
+                                   copies_X=np.load(copies_X, mmap_mode="r") if copies_X else None)
+        jobs.append(dataclasses.replace(job, data=data))
+    one_math_thread(jobs[0].model_type)
+    _WORKER_FOLDS["jobs"] = jobs
 
 
-def _score_fold_in_worker(fold: int) -> FoldResult:
-    state = _WORKER_FOLDS
-    return score_fold(state["data"], state["folds"], fold, state["model_type"], state["params"])
+def _score_fold_in_worker(job: int, fold: int) -> FoldResult:
+    cv = _WORKER_FOLDS["jobs"][job]
+    return score_fold(cv.data, cv.folds, fold, cv.model_type, cv.params)
 
 
 def fold_workers(workers: int, n_folds: int) -> int:
@@ -407,29 +425,36 @@ def fold_workers(workers: int, n_folds: int) -> int:
 
 def fit_folds(data: LabelledData, folds: pd.DataFrame, model_type: str, params: dict[str, Any],
               run: TrainingRun) -> list[FoldResult]:
-    """Every fold's :func:`score_fold`, in fold order, recorded in ``run``; ``train.workers``
-    of them at once in spawned processes that map the features from one file."""
-    fold_ids = [int(f) for f in sorted(folds["fold"].unique())]
-    workers = fold_workers(params["train"]["workers"], len(fold_ids))
-    done: dict[int, FoldResult] = {}
-    with tqdm(total=len(fold_ids), desc=f"{model_type} folds", unit="fold") as bar:
+    """Every fold's :func:`score_fold`, in fold order, recorded in ``run``."""
+    results = cross_validate([CrossValidation(data, folds, model_type, params)])[0]
+    for fold, result in zip(sorted(folds["fold"].unique()), results):
+        record_fold(run, int(fold), result)
+        log.info("fold %s: %s", fold, {k: round(v, 4) for k, v in result.score.items()})
+    return results
+
+
+def cross_validate(jobs: list[CrossValidation]) -> list[list[FoldResult]]:
+    """Every fold of every cross-validation in ``jobs`` (each job's results in fold order),
+    ``train.workers`` folds at once (the first job's) in spawned processes that map the
+    features from files: one pool for all of them, so no core waits for a job's last fold."""
+    tasks = [(j, fold) for j, job in enumerate(jobs) for fold in job.fold_ids]
+    workers = fold_workers(jobs[0].params["train"]["workers"], len(tasks))
+    done: dict[tuple[int, int], FoldResult] = {}
+    with tqdm(total=len(tasks), desc=f"{jobs[0].model_type} folds", unit="fold") as bar:
         if workers == 1:
-            with one_math_thread(model_type):
-                for fold in fold_ids:
-                    done[fold] = score_fold(data, folds, fold, model_type, params)
+            with one_math_thread(jobs[0].model_type):
+                for j, fold in tasks:
+                    job = jobs[j]
+                    done[j, fold] = score_fold(job.data, job.folds, fold, job.model_type, job.params)
                     bar.update()
         else:
-            for fold, result in _fold_pool(data, folds, model_type, params, fold_ids, workers):
-                done[fold] = result
+            for task, result in _fold_pool(jobs, tasks, workers):
+                done[task] = result
                 bar.update()
-    for fold in fold_ids:
-        record_fold(run, fold, done[fold])
-        log.info("fold %s: %s", fold, {k: round(v, 4) for k, v in done[fold].score.items()})
-    return [done[fold] for fold in fold_ids]
+    return [[done[j, fold] for fold in job.fold_ids] for j, job in enumerate(jobs)]
 
 
-def _fold_pool(data: LabelledData, folds: pd.DataFrame, model_type: str, params: dict[str, Any],
-               fold_ids: list[int], workers: int):
+def _fold_pool(jobs: list[CrossValidation], tasks: list[tuple[int, int]], workers: int):
     import dataclasses
     import multiprocessing as mp
     import pickle
@@ -439,16 +464,20 @@ def _fold_pool(data: LabelledData, folds: pd.DataFrame, model_type: str, params:
 
     with tempfile.TemporaryDirectory(prefix="ser-folds-") as scratch:
         folder = Path(scratch)
-        np.save(folder / "X.npy", data.X)
-        if data.copies_X is not None:
-            np.save(folder / "copies_X.npy", data.copies_X)
-        state = {"data": dataclasses.replace(data, X=None, copies_X=None), "folds": folds, "params": params,
-                 "model_type": model_type, "X": str(folder / "X.npy"),
-                 "copies_X": str(folder / "copies_X.npy") if data.copies_X is not None else None}
+        arrays = []
+        for j, job in enumerate(jobs):
+            np.save(folder / f"X{j}.npy", job.data.X)
+            copies_X = None
+            if job.data.copies_X is not None:
+                copies_X = str(folder / f"copies_X{j}.npy")
+                np.save(copies_X, job.data.copies_X)
+            arrays.append((str(folder / f"X{j}.npy"), copies_X))
+        state = {"jobs": [dataclasses.replace(job, data=dataclasses.replace(job.data, X=None, copies_X=None))
+                          for job in jobs], "arrays": arrays}
         (folder / "state.pickle").write_bytes(pickle.dumps(state))
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_fold_worker,
                                  initargs=(str(folder / "state.pickle"),)) as pool:
-            futures = {pool.submit(_score_fold_in_worker, fold): fold for fold in fold_ids}
+            futures = {pool.submit(_score_fold_in_worker, *task): task for task in tasks}
             try:
                 for future in as_completed(futures):
                     yield futures[future], future.result()
@@ -483,6 +512,21 @@ def folded_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInp
     return data, folds
 
 
+def prepare_cross_validation(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
+                             params: dict[str, Any]) -> CrossValidation:
+    """The cross-validation ``params`` describe (``model.type`` on its own input), ready for
+    :func:`cross_validate`."""
+    model_params = params["model"]
+    model_type = model_params["type"]
+    feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
+    data, folds = folded_data(metadata, inputs, augmented, params, feature_input)
+    return CrossValidation(data, folds, model_type, params, feature_input)
+
+
+def out_of_fold(results: list[FoldResult]) -> pd.DataFrame:
+    return pd.concat([r.oof for r in results], ignore_index=True)
+
+
 @dataclass
 class TrainResult:
     oof: pd.DataFrame
@@ -500,13 +544,12 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
 
     ``params`` holds the sections training reads (audio, features, split, train, model);
     ``tracking`` records the run in MLflow (None: no tracking). ``fit_final_model=False`` only
-    cross-validates (no final model, nothing written): what the cross-corpus figure needs.
+    cross-validates (no final model, nothing written), as the benchmarks do.
     """
     model_params = params["model"]
-    model_type = model_params["type"]
-    feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
+    prepared = prepare_cross_validation(metadata, inputs, augmented, params)
+    data, folds, model_type, feature_input = prepared.data, prepared.folds, prepared.model_type, prepared.feature_input
     protocol = params["split"]["protocol"]
-    data, folds = folded_data(metadata, inputs, augmented, params, feature_input)
     run = TrainingRun(tracking, data.clips, {"model_type": model_type, "feature_input": feature_input,
                                              "protocol": protocol, "speaker_dependent": protocol == "random"},
                       params["train"]["target"])
@@ -518,7 +561,7 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
     with run.parent():
         results = fit_folds(data, folds, model_type, params, run)
         info["cv_seconds"] = round(time.time() - started, 1)
-        oof = pd.concat([r.oof for r in results], ignore_index=True)
+        oof = out_of_fold(results)
         fold_scores = [{"fold": int(f), **r.score} for f, r in zip(sorted(folds["fold"].unique()), results)]
         histories = [r.history for r in results]
         if not fit_final_model:

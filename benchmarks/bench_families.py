@@ -1,0 +1,163 @@
+"""The Keras families side by side, the way a user compares them: queued DVC experiments.
+
+Queues one ``dvc exp run -S model.type=<family>`` per family (optionally on another input with
+``--input``), runs the queue one experiment at a time (``dvc queue start -j 1``), and waits for
+it, bounded by ``--timeout``. Then it reads every experiment's metrics from ``dvc exp show``:
+RAVDESS speaker-independent UAR (``metrics/evaluate.json``), the five-corpus
+leave-one-corpus-out mean (``metrics/cross_corpus.json``), the wall time of the experiment
+(from the queue's own status, polled every few seconds, so within that) and the family's
+trainable parameters on that input. The workspace's own metrics (the default model) are the
+first row, for reference. Results go to ``metrics/bench_families.json``.
+
+Queued experiments run in temporary copies of the last commit: commit first. Run it alone on
+the machine (the wall times are the point).
+
+    python benchmarks/bench_families.py                      # the six families, their default input
+    python benchmarks/bench_families.py --families lstm gru --input logmel
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks.common import publish  # noqa: E402
+
+FAMILIES = ("cnn1d", "cnn2d", "lstm", "bilstm", "gru", "clstm")
+DONE = ("Success", "Failed")
+
+
+def dvc(*args: str, check: bool = True) -> str:
+    return subprocess.run(["dvc", *args], cwd=REPO, check=check, capture_output=True, text=True).stdout
+
+
+def queue_states(names: list[str]) -> dict[str, str]:
+    """Status of the named tasks ("Queued", "Running", "Success", "Failed") from ``dvc queue status``."""
+    states = {}
+    for line in dvc("queue", "status").splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in names:
+            states[words[1]] = words[-1]
+    return states
+
+
+def run_queue(names: list[str], timeout_s: float, poll_s: float = 5.0) -> dict[str, dict]:
+    """Starts the queue one experiment at a time and follows it; per task its final state and
+    wall time (first seen running to first seen done). Stops the queue whatever happens."""
+    dvc("queue", "start", "-j", "1")
+    seen: dict[str, dict] = {name: {"state": "Queued"} for name in names}
+    deadline = time.monotonic() + timeout_s
+    try:
+        with tqdm(total=len(names), desc="queued experiments", unit="exp") as bar:
+            while time.monotonic() < deadline and not all(s["state"] in DONE for s in seen.values()):
+                now = time.monotonic()
+                for name, state in queue_states(names).items():
+                    task = seen[name]
+                    if state == "Running" and "started" not in task:
+                        task["started"] = now
+                    if state in DONE and task["state"] not in DONE:
+                        task.setdefault("started", now)
+                        task["wall_s"] = round(now - task["started"], 1)
+                        bar.update()
+                        bar.set_postfix_str(f"{name}: {state} in {task['wall_s']:.0f} s")
+                    task["state"] = state
+                time.sleep(poll_s)
+    finally:  # never leave queue workers behind
+        dvc("queue", "stop", "--kill", check=False)
+    return {name: {"state": task["state"], "wall_s": task.get("wall_s")} for name, task in seen.items()}
+
+
+def figures(metrics: dict) -> dict:
+    """RAVDESS speaker-independent UAR and the leave-one-corpus-out figures of one revision."""
+    evaluated = metrics["metrics/evaluate.json"]["data"]
+    cross = metrics["metrics/cross_corpus.json"]["data"]
+    return {"model_type": evaluated["model_type"], "input": evaluated["feature_input"],
+            "protocol": evaluated["protocol"],
+            "ravdess_uar": round(evaluated["per_corpus"]["ravdess"]["uar"], 4),
+            "all_clips_uar": round(evaluated["uar"], 4),
+            "loco_protocol": cross["protocol"],
+            "loco_mean_uar": round(cross["headline"]["mean_uar"], 4),
+            "loco_held_out_uar": {c: round(v["uar"], 4) for c, v in cross["headline"]["held_out"].items()}}
+
+
+def shown_revisions() -> dict[str, dict]:
+    """Metrics of the workspace and of every experiment, by name, from ``dvc exp show --json``."""
+    revisions = {}
+    for baseline in json.loads(dvc("exp", "show", "--json")):
+        if baseline["name"] is None and baseline["rev"] == "workspace":
+            revisions["workspace"] = baseline["data"]["metrics"]
+        for experiment in baseline.get("experiments") or []:
+            revisions[experiment["name"]] = experiment["revs"][0]["data"]["metrics"]
+    return revisions
+
+
+def parameters(model_type: str, feature_input: str) -> int:
+    """Trainable parameters of the family on that input (the five-corpus classes: 8 emotions)."""
+    import numpy as np
+
+    from ser.models import MODELS
+    from ser.project import load_params
+    from ser.training.train import load_model_inputs
+
+    params = load_params(REPO / "params.yaml")["model"][model_type]
+    inputs = load_model_inputs(REPO / "data/features", feature_input)
+    estimator = MODELS[model_type](params, inputs.X.shape[1:], 8, 0)
+    model = estimator.flavor_model
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def print_table(result: dict) -> None:
+    print("| model | input | RAVDESS (speaker-independent UAR) | five-corpus LOCO mean | wall | parameters |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in result["rows"]:
+        wall = f"{row['wall_s'] / 60:.1f} min" if row.get("wall_s") else "-"
+        params = f"{row['parameters'] / 1000:.0f}k" if row.get("parameters") else "-"
+        print(f"| {row['model_type']} | {row['input']} | {row['ravdess_uar']:.3f} | {row['loco_mean_uar']:.3f} | "
+              f"{wall} | {params} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--input", default=None, help="model.<family>.input for every family (default: its own)")
+    parser.add_argument("--timeout", default=3 * 3600, type=float, help="seconds to wait for the whole queue")
+    parser.add_argument("--out", default=REPO / "metrics/bench_families.json", type=Path)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    names = []
+    for family in args.families:
+        name = f"family-{family}" + (f"-{args.input}" if args.input else "")
+        dvc("exp", "remove", name, check=False)  # a rerun replaces the last one of that name
+        overrides = ["-S", f"model.type={family}"] + (["-S", f"model.{family}.input={args.input}"] if args.input else [])
+        dvc("exp", "run", "--queue", "-n", name, *overrides)
+        names.append(name)
+    states = run_queue(names, args.timeout)
+    revisions = shown_revisions()
+    rows = [{**figures(revisions["workspace"]), "experiment": "workspace (the default model)"}]
+    for family, name in zip(args.families, names):
+        if states[name]["state"] != "Success" or name not in revisions:
+            rows.append({"model_type": family, "experiment": name, "state": states[name]["state"]})
+            continue
+        row = {**figures(revisions[name]), "experiment": name, "wall_s": states[name]["wall_s"]}
+        row["parameters"] = parameters(family, row["input"])
+        rows.append(row)
+    failed = [row["experiment"] for row in rows if "ravdess_uar" not in row]
+    result = {"command": "dvc exp run --queue -S model.type=<family>; dvc queue start -j 1",
+              "machine_cores": os.cpu_count(), "rows": [r for r in rows if "ravdess_uar" in r], "failed": failed}
+    publish(result, args.out, print_table)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
