@@ -5,12 +5,13 @@ Queues one ``dvc exp run -S model.type=<family>`` per family (optionally on anot
 it, bounded by ``--timeout``. Then it reads every experiment's metrics from ``dvc exp show``:
 RAVDESS speaker-independent UAR (``metrics/evaluate.json``), the five-corpus
 leave-one-corpus-out mean (``metrics/cross_corpus.json``), the wall time of the experiment
-(from the queue's own status, polled every few seconds, so within that) and the family's
+(its executor log's first to last write) and the family's
 trainable parameters on that input. The workspace's own metrics (the default model) are the
 first row, for reference. Results go to ``metrics/bench_families.json``.
 
-Queued experiments run in temporary copies of the last commit: commit first. Run it alone on
-the machine (the wall times are the point).
+Queued experiments run in temporary copies of the last commit: commit first, run ``dvc repro``
+once, and keep ``SER_DATA_MIRROR`` set (the queue's worker inherits it). Run it alone on the
+machine (the wall times are the point). ``--collect`` only reads experiments already run.
 
     python benchmarks/bench_families.py                      # the six families, their default input
     python benchmarks/bench_families.py --families lstm gru --input logmel
@@ -19,6 +20,7 @@ the machine (the wall times are the point).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -51,30 +53,37 @@ def queue_states(names: list[str]) -> dict[str, str]:
     return states
 
 
-def run_queue(names: list[str], timeout_s: float, poll_s: float = 5.0) -> dict[str, dict]:
-    """Starts the queue one experiment at a time and follows it; per task its final state and
-    wall time (first seen running to first seen done). Stops the queue whatever happens."""
+def run_queue(names: list[str], timeout_s: float, poll_s: float = 60.0) -> dict[str, str]:
+    """Starts the queue one experiment at a time and waits for it (bounded by ``timeout_s``);
+    the final state of each task. Stops the queue whatever happens. Polled once a minute:
+    ``dvc queue status`` talks to the worker through the queue's file broker, and polling it
+    every few seconds has crashed the worker (a half-written message) between two tasks."""
     dvc("queue", "start", "-j", "1")
-    seen: dict[str, dict] = {name: {"state": "Queued"} for name in names}
+    states = {name: "Queued" for name in names}
     deadline = time.monotonic() + timeout_s
     try:
         with tqdm(total=len(names), desc="queued experiments", unit="exp") as bar:
-            while time.monotonic() < deadline and not all(s["state"] in DONE for s in seen.values()):
-                now = time.monotonic()
-                for name, state in queue_states(names).items():
-                    task = seen[name]
-                    if state == "Running" and "started" not in task:
-                        task["started"] = now
-                    if state in DONE and task["state"] not in DONE:
-                        task.setdefault("started", now)
-                        task["wall_s"] = round(now - task["started"], 1)
-                        bar.update()
-                        bar.set_postfix_str(f"{name}: {state} in {task['wall_s']:.0f} s")
-                    task["state"] = state
+            while time.monotonic() < deadline and not all(s in DONE for s in states.values()):
                 time.sleep(poll_s)
+                for name, state in queue_states(names).items():
+                    if state in DONE and states[name] not in DONE:
+                        bar.update()
+                        bar.set_postfix_str(f"{name}: {state}")
+                    states[name] = state
     finally:  # never leave queue workers behind
         dvc("queue", "stop", "--kill", check=False)
-    return {name: {"state": task["state"], "wall_s": task.get("wall_s")} for name, task in seen.items()}
+    return states
+
+
+def wall_seconds(executor: dict | None) -> float | None:
+    """An experiment's wall time: from the creation to the last write of its executor's log
+    (``dvc exp show`` names the file), so polling intervals do not enter it."""
+    log = ((executor or {}).get("local") or {}).get("log")
+    if not log or not Path(log).is_file():
+        return None
+    shown = subprocess.run(["stat", "-c", "%W %Y", log], capture_output=True, text=True).stdout.split()
+    born, modified = (float(value) for value in shown)
+    return round(modified - born, 1) if born > 0 else None
 
 
 def figures(metrics: dict) -> dict:
@@ -91,14 +100,23 @@ def figures(metrics: dict) -> dict:
 
 
 def shown_revisions() -> dict[str, dict]:
-    """Metrics of the workspace and of every experiment, by name, from ``dvc exp show --json``."""
+    """Metrics (and the executor, for the wall time) of the workspace and of every experiment,
+    by name, from ``dvc exp show --json``."""
     revisions = {}
     for baseline in json.loads(dvc("exp", "show", "--json")):
         if baseline["name"] is None and baseline["rev"] == "workspace":
-            revisions["workspace"] = baseline["data"]["metrics"]
+            revisions["workspace"] = {"metrics": baseline["data"]["metrics"], "executor": None}
         for experiment in baseline.get("experiments") or []:
-            revisions[experiment["name"]] = experiment["revs"][0]["data"]["metrics"]
+            revisions[experiment["name"]] = {"metrics": experiment["revs"][0]["data"]["metrics"],
+                                             "executor": experiment.get("executor")}
     return revisions
+
+
+@functools.lru_cache(maxsize=None)
+def input_shape(feature_input: str) -> tuple[int, ...]:
+    from ser.training.train import load_model_inputs
+
+    return tuple(load_model_inputs(REPO / "data/features", feature_input).X.shape[1:])
 
 
 def parameters(model_type: str, feature_input: str) -> int:
@@ -107,11 +125,9 @@ def parameters(model_type: str, feature_input: str) -> int:
 
     from ser.models import MODELS
     from ser.project import load_params
-    from ser.training.train import load_model_inputs
 
     params = load_params(REPO / "params.yaml")["model"][model_type]
-    inputs = load_model_inputs(REPO / "data/features", feature_input)
-    estimator = MODELS[model_type](params, inputs.X.shape[1:], 8, 0)
+    estimator = MODELS[model_type](params, input_shape(feature_input), 8, 0)
     model = estimator.flavor_model
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
@@ -131,28 +147,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--input", default=None, help="model.<family>.input for every family (default: its own)")
     parser.add_argument("--timeout", default=3 * 3600, type=float, help="seconds to wait for the whole queue")
+    parser.add_argument("--collect", action="store_true",
+                        help="queue and run nothing: read the family-* experiments already run")
     parser.add_argument("--out", default=REPO / "metrics/bench_families.json", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    names = []
-    for family in args.families:
-        name = f"family-{family}" + (f"-{args.input}" if args.input else "")
-        dvc("exp", "remove", name, check=False)  # a rerun replaces the last one of that name
-        overrides = ["-S", f"model.type={family}"] + (["-S", f"model.{family}.input={args.input}"] if args.input else [])
-        dvc("exp", "run", "--queue", "-n", name, *overrides)
-        names.append(name)
-    states = run_queue(names, args.timeout)
+    names = [f"family-{family}" + (f"-{args.input}" if args.input else "") for family in args.families]
+    states: dict[str, str] = {}
+    if not args.collect:
+        for family, name in zip(args.families, names):
+            dvc("exp", "remove", name, check=False)  # a rerun replaces the last one of that name
+            overrides = ["-S", f"model.type={family}"] + (["-S", f"model.{family}.input={args.input}"] if args.input else [])
+            dvc("exp", "run", "--queue", "-n", name, *overrides)
+        states = run_queue(names, args.timeout)
     revisions = shown_revisions()
-    rows = [{**figures(revisions["workspace"]), "experiment": "workspace (the default model)"}]
+    rows = [{**figures(revisions["workspace"]["metrics"]), "experiment": "workspace (the default model)"}]
     for family, name in zip(args.families, names):
-        if states[name]["state"] != "Success" or name not in revisions:
-            rows.append({"model_type": family, "experiment": name, "state": states[name]["state"]})
+        if name not in revisions or states.get(name, "Success") != "Success":
+            rows.append({"model_type": family, "experiment": name, "state": states.get(name, "not found")})
             continue
-        row = {**figures(revisions[name]), "experiment": name, "wall_s": states[name]["wall_s"]}
+        row = {**figures(revisions[name]["metrics"]), "experiment": name,
+               "wall_s": wall_seconds(revisions[name]["executor"])}
         row["parameters"] = parameters(family, row["input"])
         rows.append(row)
-    failed = [row["experiment"] for row in rows if "ravdess_uar" not in row]
+    failed = [f"{row['experiment']}: {row['state']}" for row in rows if "ravdess_uar" not in row]
+    if not args.collect:
+        dvc("queue", "remove", "--queued", check=False)  # what --timeout left unstarted
     result = {"command": "dvc exp run --queue -S model.type=<family>; dvc queue start -j 1",
               "machine_cores": os.cpu_count(), "rows": [r for r in rows if "ravdess_uar" in r], "failed": failed}
     publish(result, args.out, print_table)

@@ -93,8 +93,8 @@ def families(metrics: Path) -> list[str]:
         name = row["model_type"] + (" (the default, workspace)" if row["experiment"].startswith("workspace") else "")
         lines.append(f"| {name} | {row['input']} | {_uar(row['ravdess_uar'])} | {_uar(row['loco_mean_uar'])} | "
                      f"{held_out} | {wall} | {parameters} |")
-    for name in bench.get("failed", []):
-        lines.append(f"| {name} | - | failed | - | - | - | - |")
+    for failure in bench.get("failed", []):
+        lines.append(f"| {failure} | - | - | - | - | - | - |")
     return lines
 
 
