@@ -17,7 +17,6 @@ Writes ``metrics/ablation.json`` (or ``--out``), one row per variant.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -32,11 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ser import project  # noqa: E402
+from ser.params import Params, override  # noqa: E402
 from ser.training.crosscorpus import cross_corpus  # noqa: E402
 from ser.training.metrics import scores  # noqa: E402
 from ser.training.train import ModelInputs, load_model_inputs, train  # noqa: E402
-
-SECTIONS = ("audio", "features", "split", "train", "model", "cross_corpus")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -56,29 +54,20 @@ def depth_columns(inputs: ModelInputs, depths: list[int]) -> ModelInputs:
     return ModelInputs(inputs.ids, inputs.X[:, keep], [inputs.feature_names[i] for i in keep])
 
 
-def apply(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    params = copy.deepcopy(params)
-    for key, value in changes.items():
-        if key == "depths":
-            continue
-        *path, last = key.split(".")
-        target = params
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return params
+def apply(params: Params, changes: dict[str, Any]) -> Params:
+    """``params`` with the variant's dotted keys replaced (validated; ``depths`` is no params key)."""
+    return override(params, {key: value for key, value in changes.items() if key != "depths"})
 
 
-def evaluate(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any]) -> dict[str, Any]:
+def evaluate(metadata: pd.DataFrame, inputs: ModelInputs, params: Params) -> dict[str, Any]:
     started = time.time()
-    with_folds = copy.deepcopy(params)
-    result = train(metadata, inputs, None, with_folds, "/tmp/unused", fit_final_model=False)
+    result = train(metadata, inputs, None, params, "/tmp/unused", fit_final_model=False)
     by_corpus = {}
     oof = result.oof
     for corpus, rows in oof.groupby("corpus"):
         by_corpus[str(corpus)] = round(scores(rows["y_true"], rows["y_pred"])["uar"], 4)
-    figure = cross_corpus(metadata, inputs, None, params, params["cross_corpus"]["emotions"], transductive=False,
-                          train_on=params["cross_corpus"]["train_on"], other_train_on=False)
+    figure = cross_corpus(metadata, inputs, None, params, params.cross_corpus.emotions, transductive=False,
+                          train_on=params.cross_corpus.train_on, other_train_on=False)
     held = {corpus: round(v["uar"], 4) for corpus, v in figure["headline"]["held_out"].items()}
     return {"speaker_independent_uar": by_corpus, "loco_mean_uar": round(figure["headline"]["mean_uar"], 4),
             "loco_held_out_uar": held,
@@ -93,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(REPO / "metrics" / "ablation.json"))
     args = parser.parse_args(argv)
 
-    everything = project.load_params(project.params_path())
-    base = {name: everything[name] for name in SECTIONS}
+    base = project.load_params(project.params_path())
     metadata = pd.read_parquet(args.metadata)
     table = load_model_inputs(args.features, "whisper")
     rows = []
@@ -107,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"protocol": {"speaker_independent": base["split"]["protocol"],
+    out.write_text(json.dumps({"protocol": {"speaker_independent": base.split.protocol,
                                             "cross_corpus": "leave_one_corpus_out, non-transductive"},
                                "corpora": sorted(metadata.loc[metadata["status"] == "ok", "corpus"].unique()),
                                "rows": rows}, indent=2) + "\n")

@@ -122,9 +122,9 @@ def temp_registry(bundle: Path, workdir: Path) -> str:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     tracking.use_experiment(uri, "bench-cold-start")
     with mlflow.start_run():
-        info = log_model(bundle, params["predict"], params["serve"],
-                         registered_model_name=params["mlflow"]["registered_model"], name="audio_model")
-    tracking.promote(uri, params["mlflow"]["registered_model"], str(info.registered_model_version))
+        info = log_model(bundle, params.predict, params.serve,
+                         registered_model_name=params.mlflow.registered_model, name="audio_model")
+    tracking.promote(uri, params.mlflow.registered_model, str(info.registered_model_version))
     return uri
 
 

@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(params_path())
     protocol = json.loads(args.protocol.read_text(encoding="utf-8"))
     metadata = pd.read_parquet(args.metadata)
-    model = params["model"]
-    feature_input = resolve_feature_input(model["type"], model["features"], model[model["type"]])
+    model = params.model
+    feature_input = resolve_feature_input(model.type, model.features, model.of())
     inputs = load_model_inputs(args.features, feature_input)
     augmented = (load_augmented_inputs(args.augmented, feature_input)
-                 if args.augmented is not None and params["train"]["use_augmented"] else None)
+                 if args.augmented is not None and params.train.use_augmented else None)
     started = time.time()
     result = emobox(metadata, inputs, params, protocol, augmented)
     print(f"{time.time() - started:.0f} s", flush=True)

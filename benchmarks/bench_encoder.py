@@ -33,13 +33,14 @@ from ser import project  # noqa: E402
 from ser.audio import load_audio  # noqa: E402
 from ser.features import whisper  # noqa: E402
 from ser.features.ct2_layers import write_truncated  # noqa: E402
+from ser.params import AudioParams, WhisperParams, override  # noqa: E402
 
 
 def mirror() -> Path:
     return Path(os.environ.get("SER_DATA_MIRROR") or REPO.parent / "shared" / "datasets")
 
 
-def inputs(clip_s: float, pad_s: float, count: int, audio_params: dict) -> np.ndarray:
+def inputs(clip_s: float, pad_s: float, count: int, audio_params: AudioParams) -> np.ndarray:
     """(count, 80, frames) log-mels of real clips, each ``clip_s`` of signal padded to ``pad_s``."""
     clips = sorted((mirror() / "ravdess").glob("Actor_0*/*.flac"))[::37][:count]
     signal, padded = int(clip_s * whisper.SAMPLE_RATE), int(pad_s * whisper.SAMPLE_RATE)
@@ -53,7 +54,7 @@ def inputs(clip_s: float, pad_s: float, count: int, audio_params: dict) -> np.nd
 OLD_LAYERS = [2, 4, 6]  # the default depths when the encoder ran once per depth
 
 
-def three_pass_ct2(params: dict, threads: int, scratch: Path):
+def three_pass_ct2(params: WhisperParams, threads: int, scratch: Path):
     """The encoder before: CTranslate2, a copy of the model cut at each depth of the previous
     default (:data:`OLD_LAYERS`), one run each."""
     import ctranslate2
@@ -68,7 +69,7 @@ def three_pass_ct2(params: dict, threads: int, scratch: Path):
         for name in ("config.json", "tokenizer.json", "vocabulary.json"):
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, target / name)
-        models.append(ctranslate2.models.Whisper(str(target), device="cpu", compute_type=params["compute_type"],
+        models.append(ctranslate2.models.Whisper(str(target), device="cpu", compute_type=params.compute_type,
                                                  intra_threads=threads, inter_threads=1))
 
     def run(mel: np.ndarray) -> None:
@@ -78,8 +79,8 @@ def three_pass_ct2(params: dict, threads: int, scratch: Path):
     return run
 
 
-def one_pass_onnx(params: dict, threads: int):
-    encoder = whisper.Encoder({**params, "threads": threads})
+def one_pass_onnx(params: WhisperParams, threads: int):
+    encoder = whisper.Encoder(params.model_copy(update={"threads": threads}))
 
     def run(mel: np.ndarray) -> None:
         encoder.encode(mel if mel.ndim == 3 else mel[None])
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = project.load_params(project.params_path())
-    audio, wparams = params["audio"], params["features"]["whisper"]
-    mels = inputs(args.clip_s, float(wparams["pad_seconds"]), args.clips, audio)
-    result = {"clip_s": args.clip_s, "pad_seconds": float(wparams["pad_seconds"]), "layers": wparams["layers"],
+    audio, wparams = params.audio, params.features.whisper
+    mels = inputs(args.clip_s, wparams.pad_seconds, args.clips, audio)
+    result = {"clip_s": args.clip_s, "pad_seconds": wparams.pad_seconds, "layers": wparams.layers,
               "old_layers": OLD_LAYERS,
-              "compute_type": wparams["compute_type"], "clips": len(mels), "cpu": platform.processor() or
+              "compute_type": wparams.compute_type, "clips": len(mels), "cpu": platform.processor() or
               platform.machine(), "rows": []}
     with tempfile.TemporaryDirectory(prefix="bench-encoder-") as scratch:
         for threads in args.threads:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             folder.mkdir()
             old = time_per_clip(three_pass_ct2(wparams, threads, folder), mels, args.warmup, args.runs)
             new = time_per_clip(one_pass_onnx(wparams, threads), mels, args.warmup, args.runs)
-            same = time_per_clip(one_pass_onnx({**wparams, "layers": OLD_LAYERS}, threads), mels, args.warmup,
+            same = time_per_clip(one_pass_onnx(override(wparams, {"layers": OLD_LAYERS}), threads), mels, args.warmup,
                                  args.runs)
             result["rows"].append({"threads": threads, "old_ms_per_clip": round(old, 1),
                                    "new_ms_per_clip": round(new, 1), "ratio": round(new / old, 3),

@@ -75,15 +75,18 @@ def run_queue(names: list[str], timeout_s: float, poll_s: float = 60.0) -> dict[
     return states
 
 
-def wall_seconds(executor: dict | None) -> float | None:
+def wall_seconds(executor: dict | None) -> tuple[float | None, bool]:
     """An experiment's wall time: from the creation to the last write of its executor's log
-    (``dvc exp show`` names the file), so polling intervals do not enter it."""
+    (``dvc exp show`` names the file), so polling intervals do not enter it; and whether it
+    trained at all: DVC restores a stage whose deps and params it has run before from its run
+    cache, and such a run's seconds say nothing about training."""
     log = ((executor or {}).get("local") or {}).get("log")
     if not log or not Path(log).is_file():
-        return None
+        return None, False
+    trained = "Running stage 'train'" in Path(log).read_text(errors="replace")
     shown = subprocess.run(["stat", "-c", "%W %Y", log], capture_output=True, text=True).stdout.split()
     born, modified = (float(value) for value in shown)
-    return round(modified - born, 1) if born > 0 else None
+    return (round(modified - born, 1) if born > 0 else None), trained
 
 
 def figures(metrics: dict) -> dict:
@@ -99,16 +102,17 @@ def figures(metrics: dict) -> dict:
             "loco_held_out_uar": {c: round(v["uar"], 4) for c, v in cross["headline"]["held_out"].items()}}
 
 
-def shown_revisions() -> dict[str, dict]:
+def shown_revisions(rev: str | None = None) -> dict[str, dict]:
     """Metrics (and the executor, for the wall time) of the workspace and of every experiment,
-    by name, from ``dvc exp show --json``."""
+    by name, from ``dvc exp show --json`` (of the experiments based on ``rev``; default HEAD)."""
     revisions = {}
-    for baseline in json.loads(dvc("exp", "show", "--json")):
+    for baseline in json.loads(dvc("exp", "show", "--json", *(["--rev", rev] if rev else []))):
         if baseline["name"] is None and baseline["rev"] == "workspace":
             revisions["workspace"] = {"metrics": baseline["data"]["metrics"], "executor": None}
         for experiment in baseline.get("experiments") or []:
             revisions[experiment["name"]] = {"metrics": experiment["revs"][0]["data"]["metrics"],
-                                             "executor": experiment.get("executor")}
+                                             "executor": experiment.get("executor"),
+                                             "baseline": baseline["rev"][:7]}
     return revisions
 
 
@@ -126,7 +130,7 @@ def parameters(model_type: str, feature_input: str) -> int:
     from ser.models import MODELS
     from ser.project import load_params
 
-    params = load_params(REPO / "params.yaml")["model"][model_type]
+    params = load_params(REPO / "params.yaml").model.of(model_type)
     estimator = MODELS[model_type](params, input_shape(feature_input), 8, 0)
     model = estimator.flavor_model
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", default=3 * 3600, type=float, help="seconds to wait for the whole queue")
     parser.add_argument("--collect", action="store_true",
                         help="queue and run nothing: read the family-* experiments already run")
+    parser.add_argument("--rev", default=None, help="with --collect: the experiments based on this commit")
     parser.add_argument("--out", default=REPO / "metrics/bench_families.json", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -161,14 +166,22 @@ def main(argv: list[str] | None = None) -> int:
             overrides = ["-S", f"model.type={family}"] + (["-S", f"model.{family}.input={args.input}"] if args.input else [])
             dvc("exp", "run", "--queue", "-n", name, *overrides)
         states = run_queue(names, args.timeout)
-    revisions = shown_revisions()
+    revisions = shown_revisions(args.rev)
+    before = {row["experiment"]: row for row in
+              (json.loads(args.out.read_text())["rows"] if args.out.is_file() else [])}
     rows = [{**figures(revisions["workspace"]["metrics"]), "experiment": "workspace (the default model)"}]
     for family, name in zip(args.families, names):
         if name not in revisions or states.get(name, "Success") != "Success":
             rows.append({"model_type": family, "experiment": name, "state": states.get(name, "not found")})
             continue
-        row = {**figures(revisions[name]["metrics"]), "experiment": name,
-               "wall_s": wall_seconds(revisions[name]["executor"])}
+        wall, trained = wall_seconds(revisions[name]["executor"])
+        row = {**figures(revisions[name]["metrics"]), "experiment": name, "wall_s": wall if trained else None,
+               "wall_from": f"queued at {revisions[name]['baseline']}" if trained else None}
+        if not trained and before.get(name, {}).get("wall_s") and all(
+                before[name].get(key) == row[key] for key in ("ravdess_uar", "loco_mean_uar")):
+            # Restored from the run cache: the same stages ran before, and that run's time is this one's.
+            row["wall_s"] = before[name]["wall_s"]
+            row["wall_from"] = before[name].get("wall_from") or "the same stages queued at an earlier commit (run cache)"
         row["parameters"] = parameters(family, row["input"])
         rows.append(row)
     failed = [f"{row['experiment']}: {row['state']}" for row in rows if "ravdess_uar" not in row]

@@ -34,6 +34,7 @@ import soundfile as sf  # noqa: E402
 
 from common import publish  # noqa: E402  (benchmarks/, the script's folder)
 from ser.audio import load_audio  # noqa: E402
+from ser.params import AudioParams, FeatureParams  # noqa: E402
 from ser.project import load_params, repo_root  # noqa: E402
 from ser.runtime import make_executor  # noqa: E402
 from ser.runtime.executor import cpu_count
@@ -55,23 +56,22 @@ def naive_seed_features(path: str) -> np.ndarray:
     return np.concatenate([mfcc, chroma, mel])
 
 
-def seed_set_job(job: tuple[str, dict, dict]) -> np.ndarray:
+def seed_set_job(job: tuple[str, AudioParams, FeatureParams]) -> np.ndarray:
     """The same descriptors (MFCC(40), chroma and mel means) through ser's front end and one STFT."""
     path, audio_params, feature_params = job
-    sample_rate = int(audio_params["sample_rate"])
-    spec = spectral.spectrum(load_audio(path, audio_params), sample_rate, feature_params)
-    logmel = spectral.log_mel(spec, int(feature_params["n_mels"]))
+    spec = spectral.spectrum(load_audio(path, audio_params), audio_params.sample_rate, feature_params)
+    logmel = spectral.log_mel(spec, feature_params.n_mels)
     mfcc = spectral.mfcc_from_log_mel(logmel, NAIVE_N_MFCC)
     return np.concatenate([mfcc.mean(axis=1), spectral.chroma(spec).mean(axis=1), logmel.mean(axis=1)])
 
 
-def feature_set_job(job: tuple[str, dict, dict, tuple[str, ...]]) -> int:
+def feature_set_job(job: tuple[str, AudioParams, FeatureParams, tuple[str, ...]]) -> int:
     path, audio_params, feature_params, sets = job
     values = extract(load_audio(path, audio_params), audio_params, feature_params, sets)
     return sum(v.size for v in values.values())
 
 
-def warm_up_job(job: tuple[float, dict, dict]) -> int:
+def warm_up_job(job: tuple[float, AudioParams, FeatureParams]) -> int:
     """What a fresh worker pays once: imports and the first call of every extractor."""
     seconds, audio_params, feature_params = job
     y = (0.1 * np.sin(np.arange(int(16000 * seconds)) * 0.2)).astype(np.float32)
@@ -145,8 +145,8 @@ def ravdess_clips(mirror: Path, limit: int | None) -> list[Path]:
 
 def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(args.params)
-    audio_params, feature_params = params["audio"], params["features"]
-    workers = args.workers or int(feature_params["workers"]) or cpu_count()
+    audio_params, feature_params = params.audio, params.features
+    workers = args.workers or feature_params.workers or cpu_count()
     files = ravdess_clips(Path(args.mirror), args.limit)
     paths = [str(p) for p in files]
     audio_seconds = sum(sf.info(p).duration for p in paths)
@@ -171,7 +171,7 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     rows.append(measure("ser seed set (same descriptors, one STFT, front end)",
                         lambda: run_executor(seed_set_job, seed_jobs, "process", workers, "ser seed set"),
                         n, audio_seconds, workers))
-    for sets in (("functionals",), ("egemaps",), ("sequences",), ("whisper",), tuple(feature_params["sets"])):
+    for sets in (("functionals",), ("egemaps",), ("sequences",), ("whisper",), tuple(feature_params.sets)):
         jobs = [(p, audio_params, feature_params, sets) for p in paths]
         label = "+".join(sets)
         rows.append(measure(f"ser {label}", lambda jobs=jobs, label=label: run_executor(
@@ -210,7 +210,8 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def bench_stage(metadata_path: Path, audio_params: dict, feature_params: dict, workers: int) -> dict[str, Any]:
+def bench_stage(metadata_path: Path, audio_params: AudioParams, feature_params: FeatureParams,
+                workers: int) -> dict[str, Any]:
     """The whole default features stage (all sets, every ok clip, cold cache) over a metadata table."""
     import pandas as pd
 
@@ -219,7 +220,7 @@ def bench_stage(metadata_path: Path, audio_params: dict, feature_params: dict, w
     metadata = pd.read_parquet(metadata_path)
     ok = metadata[metadata["status"] == "ok"]
     with tempfile.TemporaryDirectory(prefix="ser-bench-stage-") as scratch:
-        params = {**feature_params, "workers": workers}
+        params = feature_params.model_copy(update={"workers": workers})
         load_before = os.getloadavg()[0]
         with PeakRss() as rss:
             start, start_cpu = time.perf_counter(), cpu_seconds()

@@ -13,7 +13,6 @@ wall time. Results are merged into ``metrics/bench_models.json`` (one entry per 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ser.params import Params, override  # noqa: E402
 from ser.project import load_params  # noqa: E402
 from ser.training.train import load_model_inputs, train  # noqa: E402
 
@@ -36,21 +36,18 @@ KERAS_RUNS = [f"{t}:{i}" for t in ("cnn1d", "cnn2d", "lstm", "bilstm", "gru", "c
               for i in ("own", "whisper_frames")]
 
 
-def run_one(metadata: pd.DataFrame, features: Path, params: dict, model_type: str, feature_input: str) -> dict:
-    params = copy.deepcopy(params)
-    own = params["model"][model_type]["input"]
+def run_one(metadata: pd.DataFrame, features: Path, params: Params, model_type: str, feature_input: str) -> dict:
+    own = params.model.of(model_type).input
     feature_input = own if feature_input == "own" else feature_input
-    params["model"]["type"] = model_type
-    params["model"]["features"] = feature_input
-    params["train"]["use_augmented"] = False
-    params["train"]["speaker_norm"] = "none"
+    params = override(params, {"model.type": model_type, "model.features": feature_input,
+                               "train.use_augmented": False, "train.speaker_norm": "none"})
     inputs = load_model_inputs(features, feature_input)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ser-bench-models-") as scratch:
         result = train(metadata, inputs, None, params, scratch, fit_final_model=False)
     wall = time.time() - started
     folds = result.fold_scores
-    summary = {"type": model_type, "input": feature_input, "protocol": params["split"]["protocol"],
+    summary = {"type": model_type, "input": feature_input, "protocol": params.split.protocol,
                "corpus": "ravdess", "classes": len(result.classes), "n_folds": len(folds),
                "wall_s": round(wall, 1)}
     for name in ("uar", "accuracy", "macro_f1"):

@@ -48,6 +48,7 @@ from ser.runtime import make_executor  # noqa: E402
 from ser.runtime.executor import cpu_count
 from ser.features import compute_features  # noqa: E402
 from ser.data.harmonize import harmonize  # noqa: E402
+from ser.params import AudioParams, FeatureParams, Params, override  # noqa: E402
 from ser.project import load_params  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def same_files(folder: Path, reference: Path) -> bool:
     return all(same_files(folder / sub, reference / sub) for sub in comparison.common_dirs)
 
 
-def run(name: str, cpus: int, metadata, scratch: Path, audio_params: dict, feature_params: dict,
+def run(name: str, cpus: int, metadata, scratch: Path, audio_params: AudioParams, feature_params: FeatureParams,
         wait_quiet: float) -> dict[str, Any]:
     """One cold-cache features run; its wall time, and its CPU time when it ran in this process."""
     waited = wait_until_quiet(wait_quiet)
@@ -104,8 +105,8 @@ def run(name: str, cpus: int, metadata, scratch: Path, audio_params: dict, featu
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(args.params)
-    audio_params = params["audio"]
-    features = {**params["features"], "cache_dir": None}
+    audio_params = params.audio
+    features = override(params.features, {"cache_dir": None})
     with tempfile.TemporaryDirectory(prefix="ser-bench-ray-") as scratch:
         return bench_in(Path(scratch), args, params, audio_params, features)
 
@@ -120,21 +121,21 @@ CONFIGS = [  # name, CPUs, feature params changed; ray_address "cluster" = the t
 ]
 
 
-def bench_in(scratch: Path, args: argparse.Namespace, params: dict, audio_params: dict,
-             features: dict) -> dict[str, Any]:
+def bench_in(scratch: Path, args: argparse.Namespace, params: Params, audio_params: AudioParams,
+             features: FeatureParams) -> dict[str, Any]:
     from tests.ray_support import AUTH, LocalCluster
 
     files = link_ravdess(Path(args.mirror), args.limit, scratch)
     audio_seconds = sum(sf.info(p).duration for p in files)
-    metadata = harmonize(scratch / "data" / "raw", ["ravdess"], {**params["data"], "executor": "process"},
+    metadata = harmonize(scratch / "data" / "raw", ["ravdess"], override(params.data, {"executor": "process"}),
                          root=scratch, executor=make_executor("process", 2))
-    print(f"RAVDESS: {len(files)} clips, {audio_seconds:.0f} s of audio, sets {'+'.join(features['sets'])}; "
+    print(f"RAVDESS: {len(files)} clips, {audio_seconds:.0f} s of audio, sets {'+'.join(features.sets)}; "
           f"{cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
     load_at_start = round(os.getloadavg()[0], 2)
     # Untimed: a worker compiles librosa's numba functions into its private cache slot the first
     # time that slot is used (ser.runtime.executor); every executor below reuses the slots warmed here.
     compute_features(metadata.head(16), scratch / "warm-up", audio_params,
-                     {**features, "executor": "process", "workers": 2}, root=scratch,
+                     override(features, {"executor": "process", "workers": 2}), root=scratch,
                      cache_dir=scratch / "warm-up-cache", progress=False)
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in CONFIGS}
@@ -149,7 +150,7 @@ def bench_in(scratch: Path, args: argparse.Namespace, params: dict, audio_params
             for name, cpus, changes in (CONFIGS if round_ % 2 == 0 else CONFIGS[::-1]):
                 if changes.get("ray_address") == "cluster":
                     changes = {**changes, "ray_address": cluster.address}
-                record = run(name, cpus, metadata, scratch, audio_params, {**features, **changes}, args.wait_quiet)
+                record = run(name, cpus, metadata, scratch, audio_params, override(features, changes), args.wait_quiet)
                 reference = reference or record["out"]
                 same[name] &= same_files(record["out"], reference)
                 runs[name].append(record)

@@ -117,7 +117,7 @@ def bench_in_process(model: str, clip: bytes, n: int) -> dict | None:
     from ser.serving.predict import load_bundle_predictor
 
     # As `ser predict` runs it: one process, every core for the encoder.
-    predictor = load_bundle_predictor(model, project.load_params(REPO / "params.yaml")["predict"]).use_threads(
+    predictor = load_bundle_predictor(model, project.load_params(REPO / "params.yaml").predict).use_threads(
         os.cpu_count() or 1)
     for _ in range(3):
         predictor.predict_source(clip, "warm-up")

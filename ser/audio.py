@@ -19,6 +19,8 @@ from typing import Union
 import numpy as np
 import soundfile as sf
 
+from ser.params import AudioParams, typed
+
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 
@@ -148,14 +150,16 @@ def _is_loud(energy: np.ndarray, loudest: float, top_db: float) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(energy, 1e-20) / loudest) > -float(top_db)
 
 
-def normalize(y: np.ndarray, params: dict) -> np.ndarray:
-    """Gain normalization: ``none``, ``peak`` (to ``peak_level``) or ``loudness``.
+def normalize(y: np.ndarray, params: AudioParams | dict) -> np.ndarray:
+    """Gain normalization by the ``audio`` section: ``none``, ``peak`` (to ``peak_level``) or
+    ``loudness``.
 
     ``loudness`` is a simple RMS gain to ``loudness_lufs`` dBFS (no K-weighting or gating:
     close enough to LUFS for speech at one level), then scaled down if needed so no sample
     clips. Silence is returned unchanged (there is no level to normalize).
     """
-    mode = str(params["normalize"]).lower()
+    params = typed(AudioParams, params, "audio")
+    mode = params.normalize
     y = np.asarray(y, dtype=np.float32)
     if mode == "none":
         return y
@@ -163,19 +167,23 @@ def normalize(y: np.ndarray, params: dict) -> np.ndarray:
     if peak <= 0.0:
         return y
     mean_square = float(np.mean(np.square(y, dtype=np.float64))) if mode == "loudness" else 0.0
-    return apply_gain(y, normalize_gain(peak, mean_square, params))
+    return apply_gain(y, _gain(peak, mean_square, params))
 
 
-def normalize_gain(peak: float, mean_square: float, params: dict) -> float:
+def normalize_gain(peak: float, mean_square: float, params: AudioParams | dict) -> float:
     """The factor :func:`normalize` multiplies a signal by, from its peak ``|x|`` and its mean
     square (``mean_square`` is read in ``loudness`` mode only); 1.0 leaves it unchanged."""
-    mode = str(params["normalize"]).lower()
+    return _gain(peak, mean_square, typed(AudioParams, params, "audio"))
+
+
+def _gain(peak: float, mean_square: float, params: AudioParams) -> float:
+    mode = params.normalize
     if mode == "none" or peak <= 0.0:
         return 1.0
     if mode == "peak":
-        return float(params["peak_level"]) / peak
+        return params.peak_level / peak
     if mode == "loudness":
-        gain = 10.0 ** (float(params["loudness_lufs"]) / 20.0) / math.sqrt(mean_square)
+        gain = 10.0 ** (params.loudness_lufs / 20.0) / math.sqrt(mean_square)
         return min(gain, 1.0 / peak)
     raise ValueError(f"audio.normalize: unknown mode '{mode}'; choose none, peak or loudness")
 
@@ -185,11 +193,13 @@ def apply_gain(y: np.ndarray, gain: float) -> np.ndarray:
     return (y * float(gain)).astype(np.float32, copy=False)
 
 
-def fixed_length_samples(params: dict) -> int:
-    return int(round(float(params["max_seconds"]) * int(params["sample_rate"])))
+def fixed_length_samples(params: AudioParams | dict) -> int:
+    """Samples in ``audio.max_seconds`` at ``audio.sample_rate``."""
+    params = typed(AudioParams, params, "audio")
+    return round(params.max_seconds * params.sample_rate)
 
 
-def fix_length(y: np.ndarray, params: dict) -> np.ndarray:
+def fix_length(y: np.ndarray, params: AudioParams | dict) -> np.ndarray:
     """Crop (keeping the centre) or zero-pad (at the end) to ``max_seconds`` at ``sample_rate``."""
     y = np.asarray(y, dtype=np.float32)
     target = fixed_length_samples(params)
@@ -201,7 +211,7 @@ def fix_length(y: np.ndarray, params: dict) -> np.ndarray:
     return y
 
 
-def load_audio(source: AudioSource, params: dict) -> np.ndarray:
+def load_audio(source: AudioSource, params: AudioParams | dict) -> np.ndarray:
     """Encoded audio (path or bytes) -> the float32 mono signal every model sees.
 
     decode -> downmix -> soxr resample to ``sample_rate`` -> optional edge trimming
@@ -209,15 +219,16 @@ def load_audio(source: AudioSource, params: dict) -> np.ndarray:
     :func:`fix_length` where a fixed shape is needed. Raises :class:`AudioError` naming the
     source for anything unusable.
     """
+    params = typed(AudioParams, params, "audio")
     samples, source_rate = decode(source)
     y = to_mono(samples)
     if not np.all(np.isfinite(y)):
         raise AudioError(f"{describe_source(source)}: samples contain NaN or infinity")
-    y = resample(y, source_rate, int(params["sample_rate"]))
+    y = resample(y, source_rate, params.sample_rate)
     if y.size == 0:
         raise AudioError(f"{describe_source(source)}: no samples left after resampling")
-    if params["trim_silence"]:
-        y = trim_silence(y, int(params["sample_rate"]), float(params["trim_top_db"]))
+    if params.trim_silence:
+        y = trim_silence(y, params.sample_rate, params.trim_top_db)
     return normalize(y, params)
 
 
@@ -374,7 +385,7 @@ def _loud_span(frames: Iterable[np.ndarray], frame: int, hop: int, loudest: floa
     return first, last, peak, total
 
 
-def stream_extent(path: str | os.PathLike, params: dict) -> StreamExtent:
+def stream_extent(path: str | os.PathLike, params: AudioParams | dict) -> StreamExtent:
     """Where :func:`load_audio`'s signal lies in a file's resampled samples and the gain it gets.
 
     The edge trim and the normalization read the whole signal, so the file is streamed for
@@ -382,25 +393,25 @@ def stream_extent(path: str | os.PathLike, params: dict) -> StreamExtent:
     for the loud frames' span (the threshold is relative to the loudest frame) and its peak.
     Only running values are kept, so memory does not grow with the file.
     """
-    rate = int(params["sample_rate"])
+    params = typed(AudioParams, params, "audio")
+    rate = params.sample_rate
     frame, hop = _envelope_sizes(rate)
-    squares = str(params["normalize"]).lower() == "loudness"
+    squares = params.normalize == "loudness"
     tally = _Tally(squares)
     blocks = tally.count(resampled_blocks(path, rate))
     loudest = 0.0
-    if params["trim_silence"]:
+    if params.trim_silence:
         for framed in _envelope_frames(blocks, frame, hop):
             loudest = max(loudest, float(_frame_energy(framed).max()))
     else:
         for _ in blocks:  # the tally is all that is wanted
             pass
     if loudest <= 0.0:  # not trimming, shorter than a frame or all silence: load_audio keeps it all
-        return StreamExtent(0, tally.n_samples, normalize_gain(tally.peak, tally.sum_squares / tally.n_samples,
-                                                               params))
+        return StreamExtent(0, tally.n_samples, _gain(tally.peak, tally.sum_squares / tally.n_samples, params))
     frames = _envelope_frames(resampled_blocks(path, rate), frame, hop)
-    first, last, peak, sum_squares = _loud_span(frames, frame, hop, loudest, float(params["trim_top_db"]), squares)
+    first, last, peak, sum_squares = _loud_span(frames, frame, hop, loudest, params.trim_top_db, squares)
     start, stop = first * hop, min(tally.n_samples, last * hop + frame)
-    return StreamExtent(start, stop, normalize_gain(peak, sum_squares / (stop - start), params))
+    return StreamExtent(start, stop, _gain(peak, sum_squares / (stop - start), params))
 
 
 def cut_ranges(blocks: Iterable[np.ndarray], ranges: Sequence[tuple[int, int]], name: str) -> Iterator[np.ndarray]:

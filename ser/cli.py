@@ -28,6 +28,10 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ser.params import Params
 
 # What the train stage reads (dvc.yaml), relative to the repository root.
 TRAIN_INPUTS = {"metadata": "data/interim/metadata.parquet", "features": "data/features", "augmented": "data/augmented"}
@@ -84,25 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str | None, params: dict, window_s: float | None = None, hop_s: float | None = None,
+def _load(model: str | None, params: Params, window_s: float | None = None, hop_s: float | None = None,
           min_confidence: float | None = None):
     from ser import project
     from ser.serving.loader import load_predictor  # not ser.serving.pyfunc: that imports mlflow.pyfunc
 
+    predict = params.predict
     predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
-                                            registered_model=params["mlflow"]["registered_model"],
-                                            predict_params=params["predict"])
+                                            registered_model=params.mlflow.registered_model,
+                                            predict_params=predict)
     # Windowing is a setting of this run (params or flags), never frozen into the model it loads.
-    predictor.window_s = float(params["predict"]["window_s"] if window_s is None else window_s)
-    predictor.hop_s = float(params["predict"]["hop_s"] if hop_s is None else hop_s)
-    threshold = params["predict"]["min_confidence"] if min_confidence is None else min_confidence
+    predictor.window_s = predict.window_s if window_s is None else window_s
+    predictor.hop_s = predict.hop_s if hop_s is None else hop_s
+    threshold = predict.min_confidence if min_confidence is None else min_confidence
     predictor.min_confidence = threshold or None
     predictor.use_threads(os.cpu_count() or 1)  # one process, one file at a time: every core for the encoder
     return predictor, description
 
 
-def _project_params() -> dict:
-    """The project's params.yaml (predict, serve and mlflow sections are read)."""
+def _project_params() -> Params:
+    """The project's params.yaml, validated (predict, serve, mlflow and tune sections are read)."""
     from ser import project
 
     path = project.params_path()
@@ -178,24 +183,25 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from ser.params import override
     from ser.serving.server import run_server
     from ser.serving.workers import WorkerError
 
     try:
         params = _project_params()
+        flags = {"max_bytes": args.max_bytes, "workers": args.workers, "max_queue": args.max_queue,
+                 "timeout_s": args.timeout_s}
+        settings = override(params.serve, {key: value for key, value in flags.items() if value is not None})
         predictor, description = _load(args.model, params)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ParamsError is a ValueError
         print(f"ser serve: {exc}", file=sys.stderr)
         return 2
-    flags = {"max_bytes": args.max_bytes, "workers": args.workers, "max_queue": args.max_queue,
-             "timeout_s": args.timeout_s}
-    settings = {**params["serve"], **{key: value for key, value in flags.items() if value is not None}}
     model_info = None
     if args.model is None or str(args.model).startswith("models:/"):
         from ser import project
         from ser.serving import loader
 
-        uri = args.model or f"models:/{params['mlflow']['registered_model']}@{loader.CHAMPION}"
+        uri = args.model or f"models:/{params.mlflow.registered_model}@{loader.CHAMPION}"
         try:
             model_info = loader.model_version_info(project.tracking_uri(), uri)
         except Exception as exc:  # the version is shown, not needed: serve without it
@@ -218,7 +224,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
     try:
         params = _project_params()
-        name, uri = params["mlflow"]["registered_model"], project.tracking_uri()
+        name, uri = params.mlflow.registered_model, project.tracking_uri()
         alias = args.alias or loader.CHAMPION
         tracking.promote(uri, name, args.version, alias)
         info = loader.model_version_info(uri, f"models:/{name}@{alias}")
@@ -236,13 +242,15 @@ def run_tune(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ser import project
-    from ser.params import ParamsError, validate
+    from ser.params import ParamsError, override, validate
 
     try:
         params = _project_params()
         flags = {"model_type": args.model_type, "num_samples": args.num_samples, "max_concurrent": args.max_concurrent}
-        params["tune"] = {**params["tune"], **{key: value for key, value in flags.items() if value is not None}}
-        validate(params, "params.yaml with the ser tune options")
+        changed = {key: value for key, value in flags.items() if value is not None}
+        # Validated again as a whole, so an error names the file and the key the option set.
+        params = validate({**params.as_dict(), "tune": {**params.tune.as_dict(), **changed}},
+                          "params.yaml with the ser tune options")
     except (ParamsError, FileNotFoundError) as exc:
         print(f"ser tune: {exc}", file=sys.stderr)
         return 2
@@ -256,13 +264,13 @@ def run_tune(args: argparse.Namespace) -> int:
     from ser.training.train import load_training_inputs
     from ser.training.tune import SearchTracking, search, trials_table, write_best
 
-    settings = params["tune"]
-    model_type = settings["model_type"] or params["model"]["type"]
+    settings = params.tune
+    model_type = settings.model_type or params.model.type
     try:
-        _, features, augmented = load_training_inputs(inputs["features"], inputs["augmented"],
-                                                      {**params["model"], "type": model_type}, params["train"])
+        searched = override(params.model, {"type": model_type})
+        _, features, augmented = load_training_inputs(inputs["features"], inputs["augmented"], searched, params.train)
         result = search(pd.read_parquet(inputs["metadata"]), features, augmented, params,
-                        ray_dir=root / settings["ray_dir"], address=args.address or os.environ.get("RAY_ADDRESS"),
+                        ray_dir=root / settings.ray_dir, address=args.address or os.environ.get("RAY_ADDRESS"),
                         tracking=SearchTracking(project.tracking_uri(), params, project.experiment_tags()))
     except (ParamsError, ValueError) as exc:
         print(f"ser tune: {exc}", file=sys.stderr)
@@ -275,10 +283,10 @@ def run_tune(args: argparse.Namespace) -> int:
     # Off a terminal rich would wrap the table at 80 columns; a log has room for the whole row.
     Console(width=None if sys.stdout.isatty() else 200).print(trials_table(result))
     best, metric = result.best, result.metric
-    paths = [Path(settings["best_params"]), Path(settings["best_args"])]
+    paths = [Path(settings.best_params), Path(settings.best_args)]
     header = (f"ser tune: the best of {len(result.trials)} trials of {model_type} on {result.feature_input} (trial "
               f"{best.index}): {metric} {best.mean(metric):.4f} +- {best.std(metric):.4f} over {result.n_folds} "
-              f"{result.protocol} folds\nMLflow: experiment {settings['experiment']}, parent run "
+              f"{result.protocol} folds\nMLflow: experiment {settings.experiment}, parent run "
               f"{result.parent_run_id}\nApply: dvc exp run $(cat {paths[1].as_posix()})")
     write_best(result.fragment, result.args, *(path if path.is_absolute() else root / path for path in paths), header)
     print(f"best: trial {best.index}, {metric} {best.mean(metric):.4f} +- {best.std(metric):.4f} "

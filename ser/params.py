@@ -4,8 +4,12 @@
 from the file is an error, not a silent fallback, and an unknown key (a typo such as
 ``model.svm.gama``) is refused. Errors name the dotted key and what was expected.
 
-Validation does not rewrite values: the library receives the sections as the plain mappings
-the file holds (``Params.sections``), so cache keys and logged params stay exactly as written.
+Entry points validate once (:func:`load`) and hand the library the typed section objects
+(``params.features.whisper.layers``); the library reads attributes and never re-casts. A
+public library function that takes a section also accepts the plain mapping (a notebook, a
+test) and types it once with :func:`typed`. Numbers keep the type they were written with
+(``trim_top_db: 40`` stays 40), so ``as_dict()`` is the mapping as written and the hashes
+keyed on it (the feature cache) and the logged params do not move.
 """
 
 from __future__ import annotations
@@ -15,28 +19,50 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"Input should be a valid number, got {type(value).__name__}")
+    if isinstance(value, int):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("Input should be a valid number, unable to parse string as a number") from None
+
+
+# A real number as written: an integer stays an int (40, not 40.0), anything else is a float.
+Number = Annotated[Union[StrictInt, float], BeforeValidator(_number)]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as the mapping params.yaml holds (for hashes, logs and files)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 # --- data -------------------------------------------------------------------------------------
 
 class DownloadParams(Section):
     retries: int
-    backoff_s: float
-    timeout_s: float
+    backoff_s: Number
+    timeout_s: Number
     strict: bool
 
 
 class DataParams(Section):
     corpora: list[Literal["ravdess", "tess", "cremad", "savee", "emodb", "emovo", "eyase"]]
-    min_duration_s: float
-    silence_peak: float
+    min_duration_s: Number
+    silence_peak: Number
     workers: int
     executor: Literal["process", "serial", "ray"]
     ray_address: Optional[str]
@@ -46,11 +72,11 @@ class DataParams(Section):
 class AudioParams(Section):
     sample_rate: int
     trim_silence: bool
-    trim_top_db: float
+    trim_top_db: Number
     normalize: Literal["none", "peak", "loudness"]
-    peak_level: float
-    loudness_lufs: float
-    max_seconds: float
+    peak_level: Number
+    loudness_lufs: Number
+    max_seconds: Number
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -66,7 +92,7 @@ class WhisperParams(Section):
         if not layers or layers != sorted(set(layers)) or layers[0] < 1:
             raise ValueError("encoder depths from 1 up, ascending, each once (e.g. [3, 6])")
         return layers
-    pad_seconds: float
+    pad_seconds: Number
     frame_pool: int
     threads: int
 
@@ -79,7 +105,7 @@ class FeatureParams(Section):
     n_fft: int
     win_length: int
     hop_length: int
-    contrast_fmin: float
+    contrast_fmin: Number
     contrast_bands: int
     cache_dir: Optional[str]
     executor: Literal["process", "serial", "ray"]
@@ -91,27 +117,27 @@ class FeatureParams(Section):
 # --- augment ----------------------------------------------------------------------------------
 
 class NoiseParams(Section):
-    p: float
-    min_snr_db: float
-    max_snr_db: float
+    p: Number
+    min_snr_db: Number
+    max_snr_db: Number
 
 
 class ShiftParams(Section):
-    p: float
-    max_fraction: float
+    p: Number
+    max_fraction: Number
     rollover: bool
 
 
 class PitchParams(Section):
-    p: float
-    min_semitones: float
-    max_semitones: float
+    p: Number
+    min_semitones: Number
+    max_semitones: Number
 
 
 class StretchParams(Section):
-    p: float
-    min_rate: float
-    max_rate: float
+    p: Number
+    min_rate: Number
+    max_rate: Number
     leave_length_unchanged: bool
 
 
@@ -129,7 +155,7 @@ class AugmentParams(Section):
 class SplitParams(Section):
     protocol: Literal["speaker_kfold", "leave_one_corpus_out", "random"]
     n_folds: int
-    val_speakers_fraction: float
+    val_speakers_fraction: Number
     seed: int
 
 
@@ -153,25 +179,25 @@ class CrossCorpusParams(Section):
 # --- models -----------------------------------------------------------------------------------
 
 class LogregParams(Section):
-    C: float
+    C: Number
     max_iter: int
-    std_weight: float = Field(gt=0.0, le=1.0)
+    std_weight: Number = Field(gt=0.0, le=1.0)
     embedding_norm: bool
     input: str
 
 
 class SvmParams(Section):
-    C: float
+    C: Number
     kernel: Literal["rbf", "linear", "poly", "sigmoid"]
-    gamma: Union[float, Literal["scale", "auto"]]
+    gamma: Union[Number, Literal["scale", "auto"]]
     calibration_folds: int
     input: str
 
 
 class MlpParams(Section):
     hidden_layer_sizes: list[int]
-    alpha: float
-    learning_rate_init: float
+    alpha: Number
+    learning_rate_init: Number
     batch_size: int
     max_iter: int
     patience: int
@@ -183,7 +209,7 @@ class RandomForestParams(Section):
     n_estimators: int
     max_depth: Optional[int]
     min_samples_leaf: int
-    max_features: Union[Literal["sqrt", "log2"], float, None]
+    max_features: Union[Literal["sqrt", "log2"], Number, None]
     n_jobs: int
     input: str
 
@@ -197,26 +223,26 @@ class DecisionTreeParams(Section):
 class KerasParams(Section):
     """What every Keras family shares: front end, head and optimisation."""
     max_steps: int
-    dropout: float
+    dropout: Number
     dense_units: int
     pooling: Literal["stats", "attention", "mean"]
     attention_units: int
     time_masks: int
-    time_width: float
+    time_width: Number
     freq_masks: int
-    freq_width: float
+    freq_width: Number
     proj_units: int
     proj_above: int
     proj_skip: bool
     epochs: int
     batch_size: int
-    learning_rate: float
+    learning_rate: Number
     schedule: Literal["cosine", "constant"]
     warmup_epochs: int
-    min_lr_ratio: float
-    weight_decay: float
-    clipnorm: float
-    label_smoothing: float
+    min_lr_ratio: Number
+    weight_decay: Number
+    clipnorm: Number
+    label_smoothing: Number
     patience: int
     input: str
 
@@ -257,6 +283,18 @@ class ModelParams(Section):
     gru: RecurrentParams
     clstm: ConvRecurrentParams
 
+    def of(self, model_type: str | None = None) -> Section:
+        """The block of ``model_type`` (default: ``type``), e.g. ``model.of("lstm").units``."""
+        return getattr(self, model_type or self.type)
+
+
+def params_class(model_type: str) -> type[Section]:
+    """The schema class of a family's block ``model.<type>`` (e.g. ``SvmParams`` for ``svm``)."""
+    blocks = [name for name in ModelParams.model_fields if name not in ("type", "features", "keras")]
+    if model_type not in blocks:
+        raise ValueError(f"unknown model type '{model_type}'; choose one of {blocks}")
+    return ModelParams.model_fields[model_type].annotation
+
 
 KERAS_FAMILIES = tuple(name for name, field in ModelParams.model_fields.items()
                        if name != "keras" and isinstance(field.annotation, type)
@@ -283,16 +321,16 @@ class MlflowParams(Section):
 
 
 class PredictParams(Section):
-    window_s: float
-    hop_s: float
-    min_confidence: Optional[float]
+    window_s: Number
+    hop_s: Number
+    min_confidence: Optional[Number]
 
 
 class ServeParams(Section):
     max_bytes: int
     workers: int
     max_queue: int
-    timeout_s: float
+    timeout_s: Number
     allow_path: bool
     path_root: Optional[str]
 
@@ -300,7 +338,7 @@ class ServeParams(Section):
 # --- tune (ser tune: hyper-parameter search) ----------------------------------------------------
 
 class LogUniform(Section):
-    loguniform: tuple[float, float]
+    loguniform: tuple[Number, Number]
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -311,7 +349,7 @@ class LogUniform(Section):
 
 
 class Uniform(Section):
-    uniform: tuple[float, float]
+    uniform: tuple[Number, Number]
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -414,33 +452,60 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 
-def _check(schema: type[Section], values: Any, prefix: str, source: str) -> None:
+def _check(schema: type[SectionT], values: Any, prefix: str, source: str) -> SectionT:
     try:
-        schema.model_validate(values)
+        return schema.model_validate(values)
     except ValidationError as exc:
         problems = [_describe(error, prefix) for error in exc.errors()]
         raise ParamsError(f"{source}: " + "; ".join(problems)) from None
 
 
-def validate(params: Any, source: str = "params") -> dict[str, Any]:
-    """The whole file: every section present, typed, with no unknown keys. Returns a deep copy
-    of the mapping as written, the Keras family blocks completed from ``model.keras``."""
+def validate(params: Any, source: str = "params") -> Params:
+    """The whole file, typed: every section present, with no unknown keys, the Keras family
+    blocks completed from ``model.keras``."""
+    if isinstance(params, Params):
+        return params
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
     if "model" in params:
         params = {**params, "model": with_keras_defaults(params["model"])}
-    _check(Params, params, "", source)
-    return copy.deepcopy(params)
+    return _check(Params, params, "", source)
 
 
-def validate_section(name: str, values: Any, source: str = "params") -> dict[str, Any]:
-    """One section (for callers that were handed a section rather than the file)."""
+def validate_section(name: str, values: Any, source: str = "params") -> Section:
+    """One section by its name in params.yaml (for callers handed a section, not the file)."""
     if name not in SECTIONS:
         raise ParamsError(f"{source}: no section '{name}' in the schema (sections: {', '.join(SECTIONS)})")
-    if name == "model":
+    return typed(SECTIONS[name], values, name, source)
+
+
+def typed(schema: type[SectionT], values: Any, prefix: str = "", source: str = "params") -> SectionT:
+    """``values`` as a ``schema`` object: itself when it already is one, else the mapping
+    validated (what a public library function does once with a section it was handed)."""
+    if isinstance(values, schema):
+        return values
+    if isinstance(values, Section):
+        values = values.as_dict()
+    if schema is ModelParams:
         values = with_keras_defaults(values)
-    _check(SECTIONS[name], values, name, source)
-    return copy.deepcopy(values)
+    if not prefix and schema is not Params:  # errors name the dotted key from the file's top
+        prefix = next((name for name, cls in SECTIONS.items() if cls is schema), schema.__name__)
+    return _check(schema, values, prefix, source)
+
+
+def override(params: SectionT, changes: dict[str, Any]) -> SectionT:
+    """A copy of ``params`` with dotted keys replaced and validated again, as
+    ``dvc exp run -S key=value`` would: ``override(params, {"model.type": "lstm"})``."""
+    values = copy.deepcopy(params.as_dict())
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        target = values
+        for key in path:
+            if not isinstance(target.get(key), dict):
+                raise ParamsError(f"{dotted}: no section {key!r} to set a key in")
+            target = target[key]
+        target[last] = value
+    return typed(type(params), values, source="override")
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -448,18 +513,20 @@ def read_yaml(path: str | os.PathLike) -> Any:
         return yaml.safe_load(f) or {}
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
+def load(path: str | os.PathLike) -> Params:
     """Read and validate a params file: the entry points' one way in."""
     return validate(read_yaml(path), str(Path(path)))
 
 
-def section(name: str, path: str | os.PathLike) -> dict[str, Any]:
+def section(name: str, path: str | os.PathLike) -> Section:
     """One validated section of a params file (the whole file is checked)."""
-    return load(path)[name]
+    return getattr(load(path), name)
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(params: dict[str, Any] | Section, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as JSON strings (MLflow params)."""
+    if isinstance(params, Section):
+        params = params.as_dict()
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
@@ -472,7 +539,12 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def params_hash(*sections: dict[str, Any]) -> str:
-    """A short stable hash of parameter sections: keys caches by the params that shaped them."""
-    blob = json.dumps(sections, sort_keys=True, default=str).encode()
+def _plain(value: Any) -> Any:
+    return value.as_dict() if isinstance(value, Section) else str(value)
+
+
+def params_hash(*sections: dict[str, Any] | Section) -> str:
+    """A short stable hash of parameter sections (typed or as mappings, the same hash): keys
+    caches by the params that shaped them."""
+    blob = json.dumps(sections, sort_keys=True, default=_plain).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

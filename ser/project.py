@@ -41,7 +41,7 @@ def params_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path) if path is not None else repo_root() / PARAMS_FILE
 
 
-def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def load_params(path: str | os.PathLike | None = None) -> schema.Params:
     """The project's params.yaml (or ``path``), validated against ``ser.params``."""
     return schema.load(params_path(path))
 

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    summary = compute_augmented(pd.read_parquet(args.metadata), args.out, params["audio"], params["features"],
-                                params["augment"], root=repo_root())
+    summary = compute_augmented(pd.read_parquet(args.metadata), args.out, params.audio, params.features,
+                                params.augment, root=repo_root())
     print(f"augment: {summary['clips']} copies ({summary['copies']} per clip) written to {args.out} "
           f"({summary['computed']} computed, {summary['from_cache']} from cache, "
           f"{summary['failed']} failed -> {args.out}/failures.parquet)")

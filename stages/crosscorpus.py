@@ -17,8 +17,6 @@ from ser.project import load_params
 from ser.training.crosscorpus import cross_corpus
 from ser.training.train import load_training_inputs
 
-SECTIONS = ("audio", "features", "split", "train", "model", "cross_corpus")
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -30,14 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    everything = load_params(args.params)
-    params = {name: everything[name] for name in SECTIONS}
-    model = params["model"]
-    feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
+    params = load_params(args.params)
+    feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, params.model, params.train)
     metadata = pd.read_parquet(args.metadata)
-    settings = params["cross_corpus"]
-    summary = cross_corpus(metadata, inputs, augmented, params, settings["emotions"],
-                           transductive=bool(settings["transductive"]), train_on=settings["train_on"])
+    settings = params.cross_corpus
+    summary = cross_corpus(metadata, inputs, augmented, params, settings.emotions,
+                           transductive=settings.transductive, train_on=settings.train_on)
     summary["feature_input"] = feature_input
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

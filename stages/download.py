@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    data = load_params(args.params)["data"]
-    settings = DownloadSettings.from_params(data["download"])
+    data = load_params(args.params).data
+    settings = DownloadSettings.from_params(data.download)
     print(f"mirror: {mirror_root() or 'none (SER_DATA_MIRROR unset)'}")
     try:
-        reports = obtain(list(data["corpora"]), args.out, settings=settings)
+        reports = obtain(data.corpora, args.out, settings=settings)
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -27,12 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cross-corpus", type=Path, help="metrics/cross_corpus.json (its ECE joins calibration.json)")
     parser.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args(argv)
-    everything = project.load_params(args.params)
-    split = everything["split"]
-    summary, report = evaluate(args.train, args.metrics, args.plots, protocol=split["protocol"],
+    params = project.load_params(args.params)
+    summary, report = evaluate(args.train, args.metrics, args.plots, protocol=params.split.protocol,
                                calibration_path=args.calibration, cross_corpus_path=args.cross_corpus)
     log_evaluation(args.train, summary, args.plots, report, params_file=project.params_path(args.params))
-    version = register_served_model(args.train, everything["predict"], everything["serve"])
+    version = register_served_model(args.train, params.predict, params.serve)
     run = read_run_file(args.train)
     if project.builds_champion(args.params):
         promote(run["tracking_uri"], run["registered_model"], version)

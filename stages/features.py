@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    summary = compute_features(pd.read_parquet(args.metadata), args.out, params["audio"], params["features"],
+    summary = compute_features(pd.read_parquet(args.metadata), args.out, params.audio, params.features,
                                root=repo_root())
     print(f"features: {summary['clips']} clips written to {args.out} "
           f"({summary['computed']} computed, {summary['from_cache']} from cache, "

@@ -16,8 +16,6 @@ from ser import project
 from ser.training.tracking import RunSettings
 from ser.training.train import load_training_inputs, train
 
-SECTIONS = ("audio", "features", "split", "train", "model")
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -29,19 +27,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    everything = project.load_params(args.params)
-    params = {name: everything[name] for name in SECTIONS}
-    model = params["model"]
-    tracking = RunSettings(uri=project.tracking_uri(), experiment=everything["mlflow"]["experiment"],
-                           registered_model=everything["mlflow"]["registered_model"],
-                           run_name=project.run_name(model["type"]), logged_params=everything,
+    params = project.load_params(args.params)
+    model = params.model
+    tracking = RunSettings(uri=project.tracking_uri(), experiment=params.mlflow.experiment,
+                           registered_model=params.mlflow.registered_model,
+                           run_name=project.run_name(model.type), logged_params=params.as_dict(),
                            tags=project.experiment_tags(), dataset_source=str(args.metadata))
-    feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params["train"])
+    feature_input, inputs, augmented = load_training_inputs(args.features, args.augmented, model, params.train)
     metadata = pd.read_parquet(args.metadata)
     result = train(metadata, inputs, augmented, params, args.out, tracking=tracking)
     means = {k: round(sum(f[k] for f in result.fold_scores) / len(result.fold_scores), 4)
              for k in ("uar", "accuracy", "macro_f1")}
-    print(f"{model['type']} ({feature_input}): fold means {means}; MLflow run {result.run_id}")
+    print(f"{model.type} ({feature_input}): fold means {means}; MLflow run {result.run_id}")
 
 
 if __name__ == "__main__":

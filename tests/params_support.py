@@ -1,4 +1,8 @@
-"""The project's params.yaml, validated, as the tests' one source of defaults (as in the pipeline)."""
+"""The project's params.yaml, validated, as the tests' one source of defaults (as in the pipeline).
+
+``PARAMS`` is the file as written (a plain mapping the tests change freely); the library types
+what it is handed (``ser.params.typed``), and ``typed_params`` gives the object the stages pass.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from ser.params import load
+from ser.params import Params, load, validate
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = load(REPO / "params.yaml")
+PARAMS = load(REPO / "params.yaml").as_dict()
 
 
 def params(**sections: dict[str, Any]) -> dict[str, Any]:
@@ -18,6 +22,11 @@ def params(**sections: dict[str, Any]) -> dict[str, Any]:
     for name, overrides in sections.items():
         result[name] = {**result[name], **overrides}
     return result
+
+
+def typed_params(**sections: dict[str, Any]) -> Params:
+    """``params(...)`` validated: what ``ser.project.load_params`` gives an entry point."""
+    return validate(params(**sections), "test params")
 
 
 def section(name: str, **overrides: Any) -> dict[str, Any]:

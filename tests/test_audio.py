@@ -140,7 +140,7 @@ def test_unknown_normalization_is_a_clear_error():
 
 
 def test_fix_length_crops_the_centre_and_pads_the_end():
-    params = {"sample_rate": 10, "max_seconds": 1.0}
+    params = {**AUDIO, "sample_rate": 10, "max_seconds": 1.0}
     long = np.arange(16, dtype=np.float32)
     np.testing.assert_array_equal(fix_length(long, params), np.arange(3, 13))
     short = np.arange(1, 5, dtype=np.float32)

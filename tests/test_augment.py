@@ -20,19 +20,19 @@ from ser.data.augment import (INDEX_COLUMNS, AugmentJob, augment_signal, augment
                          copy_seed, load_index)
 from ser.runtime import make_executor
 from ser.features import functional_names, load_failures, load_sequences, load_table, n_frames
-from tests.params_support import REPO, params as project_params
+from tests.params_support import REPO, params as project_params, section
 
 SR = 16000
 AUDIO = {"sample_rate": SR, "trim_silence": True, "trim_top_db": 40, "normalize": "peak",
          "peak_level": 0.95, "loudness_lufs": -23.0, "max_seconds": 3.0}
-FEATURES = {"sets": ["functionals", "sequences"], "n_mfcc": 20, "n_mels": 32, "n_fbank": 26,
-            "n_fft": 512, "win_length": 400, "hop_length": 160, "contrast_fmin": 100.0,
-            "contrast_bands": 6, "cache_dir": None, "executor": "serial", "workers": 1}
+FEATURES = section("features", sets=["functionals", "sequences"], n_mfcc=20, n_mels=32, n_fbank=26,
+                   n_fft=512, win_length=400, hop_length=160, contrast_fmin=100.0,
+                   contrast_bands=6, cache_dir=None, executor="serial", workers=1)
 AUGMENT = {"copies": 2, "seed": 42, "noise": {"p": 0.5, "min_snr_db": 10.0, "max_snr_db": 30.0},
            "shift": {"p": 0.5, "max_fraction": 0.15, "rollover": False},
            "pitch": {"p": 0.4, "min_semitones": -2.0, "max_semitones": 2.0},
            "stretch": {"p": 0.4, "min_rate": 0.9, "max_rate": 1.1, "leave_length_unchanged": False}}
-ONLY = {name: {**AUGMENT[name], "p": 0.0} for name in ("noise", "shift", "pitch", "stretch")}
+ONLY = {**AUGMENT, **{name: {**AUGMENT[name], "p": 0.0} for name in ("noise", "shift", "pitch", "stretch")}}
 
 
 def vowel(seconds: float, f0: float = 130.0, seed: int = 0) -> np.ndarray:

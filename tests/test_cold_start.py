@@ -167,6 +167,7 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     from ser.serving.loader import predictor_of
     from ser.serving.pyfunc import save_model
     from tests.params_support import params as project_params
+    from tests.params_support import section, typed_params
 
     params = project_params()
     previous = mlflow.get_tracking_uri()
@@ -176,7 +177,7 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     finally:
         mlflow.set_tracking_uri(previous)
     predictor, description = loader.load_predictor(None, tracking_uri=registry, registered_model=REGISTERED,
-                                                     predict_params={"window_s": 99.0, "hop_s": 9.0})
+                                                     predict_params=section("predict", window_s=99.0, hop_s=9.0))
     assert description == f"MLflow model models:/{REGISTERED}@champion"
     assert (predictor.window_s, predictor.hop_s) == (expected.window_s, expected.hop_s) \
         == (params["predict"]["window_s"], params["predict"]["hop_s"])  # the logged windowing, not the argument
@@ -197,9 +198,9 @@ def test_the_logged_model_read_directly_is_the_one_mlflow_loads(tiny_bundle, reg
     # ser predict / ser serve window with this run's settings (params or flags), not the model's.
     from ser.cli import _load
 
-    loaded, _ = _load(str(folder), {**params, "predict": {**params["predict"], "window_s": 4.0, "hop_s": 2.0}})
+    loaded, _ = _load(str(folder), typed_params(predict={"window_s": 4.0, "hop_s": 2.0}))
     assert (loaded.window_s, loaded.hop_s) == (4.0, 2.0)
-    flagged, _ = _load(str(folder), params, window_s=6.0, hop_s=3.0)
+    flagged, _ = _load(str(folder), typed_params(), window_s=6.0, hop_s=3.0)
     assert (flagged.window_s, flagged.hop_s) == (6.0, 3.0)
 
 
@@ -207,11 +208,12 @@ def test_models_mlflow_must_not_unpickle_go_through_mlflow(registry, monkeypatch
     """MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false: the direct reader steps aside, MLflow refuses as it
     always did (the error names the setting)."""
     from ser.serving import loader
+    from tests.params_support import section
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     with pytest.raises(Exception, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
         loader.load_predictor(None, tracking_uri=registry, registered_model=REGISTERED,
-                                predict_params={"window_s": 3.0, "hop_s": 1.5})
+                                predict_params=section("predict", window_s=3.0, hop_s=1.5))
 
 
 def test_importing_the_served_model_module_warns_nothing():
@@ -229,7 +231,7 @@ def test_the_encoder_runs_on_the_threads_the_predictor_asks_for(tiny_bundle, rea
 
     clip = ravdess_clip(real_mirror, 4, "05")
     predictor = Predictor.from_bundle_dir(tiny_bundle, window_s=3.0, hop_s=1.5).use_threads(1)
-    assert predictor.bundle.features["whisper"]["threads"] == 1
+    assert predictor.bundle.features.whisper.threads == 1
     alone = predictor.predict_source(clip)
     assert 1 in _thread_report()["onnxruntime"]
     both = predictor.use_threads(2).predict_source(clip)

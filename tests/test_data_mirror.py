@@ -134,7 +134,7 @@ def test_dvc_repro_harmonize_on_the_real_mirror_then_nothing_to_do(real_mirror, 
 def test_real_savee_rows(real_mirror):
     """SAVEE is a default corpus: all 480 clips of the official AudioData layout, 4 male speakers."""
     params = section("data", REPO / "params.yaml")
-    assert "savee" in params["corpora"]
+    assert "savee" in params.corpora
     rows = harmonize(real_mirror, ["savee"], params, root=real_mirror.parent)
     assert len(rows) == 480 and (rows["status"] == "ok").all()
     assert sorted(rows["speaker"].unique()) == ["savee_DC", "savee_JE", "savee_JK", "savee_KL"]

@@ -228,7 +228,7 @@ def test_the_benchmark_json_has_the_documented_shape_and_learns():
     protocol = {"ravdess_test_actors_by_fold": EMOBOX_FOLDS, "track2_classes": FOUR, "published": published,
                 "track2_test_clips": {"ravdess": ravdess_list, "savee": savee_list}}
     params = small_params("logreg")
-    params["cross_corpus"] = {"train_on": "shared"}
+    params["cross_corpus"] = {**params["cross_corpus"], "train_on": "shared"}
     result = emobox(metadata, inputs, params, protocol)
     assert set(result) == {"protocol", "ravdess_6fold", "track2", "published", "model_type", "feature_input"}
     assert result["published"] == published and result["model_type"] == "logreg"

@@ -18,12 +18,13 @@ from ser.runtime import make_executor
 from ser.features import (EGEMAPS_NAMES, compute_features, extract, extract_clip, functional_names,
                           load_failures, load_sequences, load_table, n_frames)
 from ser.features.cache import FeatureCache
-from tests.params_support import REPO, params as project_params
+from tests.params_support import REPO, params as project_params, section
 
 SR = 16000
 AUDIO = {"sample_rate": SR, "trim_silence": True, "trim_top_db": 40, "normalize": "peak",
          "peak_level": 0.95, "loudness_lufs": -23.0, "max_seconds": 3.0}
-FEATURES = {"sets": ["functionals", "egemaps", "sequences"], "n_mfcc": 40, "n_mels": 64, "n_fbank": 40,
+# The library types a features section whole: params.yaml's completes what these tests leave out (whisper).
+FEATURES = {**section("features"), "sets": ["functionals", "egemaps", "sequences"], "n_mfcc": 40, "n_mels": 64, "n_fbank": 40,
             "n_fft": 512, "win_length": 400, "hop_length": 160, "contrast_fmin": 100.0,
             "contrast_bands": 6, "cache_dir": None, "executor": "serial", "workers": 1}
 
@@ -108,6 +109,28 @@ def test_shapes_are_fixed_and_values_finite_for_any_length(seconds):
     assert out["fbank"].shape == (frames, 40)
     for value in out.values():
         assert value.dtype == np.float32 and np.all(np.isfinite(value))
+
+
+def test_each_set_object_describes_what_it_extracts():
+    """The registry's objects own their kinds, table columns and frame shapes: what extract gives."""
+    from ser.features import FEATURE_SETS, FeatureSet
+    from ser.params import AudioParams, FeatureParams, typed
+
+    audio, features = typed(AudioParams, AUDIO), typed(FeatureParams, FEATURES)
+    y = vowel(2.0)
+    for name in ("functionals", "egemaps", "sequences"):
+        feature_set = FEATURE_SETS[name]
+        assert isinstance(feature_set, FeatureSet) and feature_set.name == name
+        out = extract(y, AUDIO, FEATURES, [name])
+        assert tuple(out) == feature_set.kinds
+        if feature_set.table:
+            assert len(feature_set.columns(features, out[name].size)) == out[name].size
+        for kind, shape in feature_set.frame_shapes(audio, features).items():
+            assert out[kind].shape == shape
+    # the typed sections and their mappings give the same arrays
+    typed_out = extract(y, audio, features, ["functionals", "sequences"])
+    for kind, values in extract(y, AUDIO, FEATURES, ["functionals", "sequences"]).items():
+        np.testing.assert_array_equal(typed_out[kind], values)
 
 
 def test_functional_names_follow_params():
@@ -305,7 +328,7 @@ def test_sets_select_outputs_and_no_cache_dir_still_works(tmp_path, corpus):
     assert not (out / "egemaps.parquet").exists() and not (out / "sequences").exists()
     with pytest.raises(FileNotFoundError, match="egemaps"):
         load_table(out, "egemaps")
-    with pytest.raises(ValueError, match="unknown set"):
+    with pytest.raises(ValueError, match=r"features\.sets\.1: .*'whisper' \(got 'wav2vec'\)"):  # the schema names it
         run(corpus, out, None, sets=["functionals", "wav2vec"])
 
 

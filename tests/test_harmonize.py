@@ -26,17 +26,16 @@ from tests.corpus_fixtures import (
     write_bad_clip,
     write_clip,
 )
-from tests.params_support import params as project_params
+from tests.params_support import params as project_params, section
 
 REPO = Path(__file__).resolve().parent.parent
 SERIAL = make_executor("serial")
 
 
 def data_params(corpora, **changes):
-    params = {"corpora": list(corpora), "min_duration_s": 0.25, "silence_peak": 1e-4, "workers": 2,
-              "executor": "serial"}
-    params.update(changes)
-    return params
+    """params.yaml's ``data:`` section on these corpora, serial, with ``changes``."""
+    return section("data", **{"corpora": list(corpora), "min_duration_s": 0.25, "silence_peak": 1e-4, "workers": 2,
+                              "executor": "serial", **changes})
 
 
 @pytest.fixture(scope="module")

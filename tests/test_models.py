@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ser.models import (KERAS_TYPES, MODEL_TYPES, MODELS, SKLEARN_TYPES, ModelBundle, load_estimator,
-                        resolve_feature_input)
-from tests.params_support import PARAMS, model_params
+                        params_class, resolve_feature_input)
+from ser.params import AudioParams, FeatureParams, ParamsError
+from tests.params_support import PARAMS, model_params, section
 
 # params.yaml's block of each type, shrunk so that every family trains in seconds.
 TINY = {"epochs": 3, "batch_size": 16, "filters": [4, 8], "units": [8], "dense_units": 8, "patience": 2,
@@ -19,7 +20,11 @@ TINY = {"epochs": 3, "batch_size": 16, "filters": [4, 8], "units": [8], "dense_u
 
 
 def tiny(model_type: str, **extra) -> dict:
-    return model_params(model_type, **{**TINY, **extra})
+    """The type's block with the TINY sizes it has (a block holds only its own keys)."""
+    own = {key: value for key, value in TINY.items() if key in params_class(model_type).model_fields}
+    if model_type == "clstm":  # one LSTM after the convolutions: a width, not a list
+        own["units"] = TINY["units"][0]
+    return model_params(model_type, **{**own, **extra})
 N_CLASSES = 3
 
 
@@ -50,15 +55,30 @@ def test_every_model_type_trains_predicts_and_round_trips(model_type, tmp_path):
     else:
         assert history == {}
     estimator.save(tmp_path / "estimator")
+    saved = json.loads((tmp_path / "estimator" / "estimator.json").read_text())
+    assert saved["params"] == tiny(model_type)  # the block as params.yaml writes it
     again = load_estimator(model_type, tmp_path / "estimator")
+    assert isinstance(again.params, params_class(model_type)) and again.params == estimator.params
     np.testing.assert_allclose(again.predict_proba(X[:9]), probabilities, atol=1e-5)
+
+
+def test_a_block_is_typed_once_with_its_family_class():
+    block = model_params("svm")
+    estimator = MODELS["svm"](block, (10,), N_CLASSES, 0)
+    assert isinstance(estimator.params, params_class("svm")) and estimator.params.as_dict() == block
+    assert MODELS["svm"](estimator.params, (10,), N_CLASSES, 0).params is estimator.params
+    with pytest.raises(ParamsError, match=r"model\.svm\.gama: unknown key"):
+        MODELS["svm"](model_params("svm", gama=0.1), (10,), N_CLASSES, 0)
+    with pytest.raises(ParamsError, match=r"model\.lstm\.units"):
+        MODELS["lstm"](model_params("lstm", units="wide"), (20, 5), N_CLASSES, 0)
 
 
 @pytest.mark.parametrize("model_type", SKLEARN_TYPES)
 def test_every_sklearn_family_learns_a_separable_problem(model_type):
     X, y = separable_rows((10,), per_class=30)
     X_test, y_test = separable_rows((10,), per_class=10, seed=1)
-    estimator = MODELS[model_type](tiny(model_type, max_iter=50), (10,), N_CLASSES, 0)
+    iterations = {"max_iter": 50} if "max_iter" in params_class(model_type).model_fields else {}
+    estimator = MODELS[model_type](tiny(model_type, **iterations), (10,), N_CLASSES, 0)
     estimator.fit(X, y)
     accuracy = np.mean(estimator.predict_proba(X_test).argmax(axis=1) == y_test)
     assert accuracy > 0.8  # chance is 1/3; a single tree's axis-aligned cuts reach about 0.87 here
@@ -164,17 +184,19 @@ def test_feature_input_resolution():
     for model_type in SKLEARN_TYPES:
         own = PARAMS["model"][model_type]
         assert resolve_feature_input(model_type, "auto", own) == own["input"]
-        assert resolve_feature_input(model_type, "auto", {"input": "whisper"}) == "whisper"
+        assert resolve_feature_input(model_type, "auto", model_params(model_type, input="whisper")) == "whisper"
         assert resolve_feature_input(model_type, "egemaps", own) == "egemaps"
         assert resolve_feature_input(model_type, "whisper+egemaps", own) == "whisper+egemaps"
         with pytest.raises(ValueError, match="scikit-learn"):
             resolve_feature_input(model_type, "whisper_frames", own)
         with pytest.raises(ValueError, match="tabular"):
             resolve_feature_input(model_type, "sequences", own)
-    assert resolve_feature_input("cnn2d", "auto", {"input": "logmel"}) == "logmel"
-    assert resolve_feature_input("lstm", "sequences", {"input": "fbank"}) == "fbank"
+    assert resolve_feature_input("cnn2d", "auto", model_params("cnn2d", input="logmel")) == "logmel"
+    assert resolve_feature_input("lstm", "sequences", model_params("lstm", input="fbank")) == "fbank"
     assert resolve_feature_input("gru", "auto", PARAMS["model"]["gru"]) == PARAMS["model"]["gru"]["input"]
-    assert resolve_feature_input("bilstm", "auto", {"input": "whisper_frames"}) == "whisper_frames"
+    assert resolve_feature_input("bilstm", "auto", model_params("bilstm", input="whisper_frames")) == "whisper_frames"
+    typed_block = params_class("clstm").model_validate(model_params("clstm", input="mfcc"))
+    assert resolve_feature_input("clstm", "auto", typed_block) == "mfcc"
     with pytest.raises(ValueError, match="unknown model.features"):
         resolve_feature_input("logreg", "whisper+whisper", PARAMS["model"]["logreg"])
     with pytest.raises(ValueError, match="unknown model type"):
@@ -186,8 +208,8 @@ def test_feature_input_resolution():
 # ---- ModelBundle on real features of generated audio ------------------------------------------
 AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "peak", "peak_level": 0.95,
          "loudness_lufs": -23.0, "max_seconds": 0.5}
-FEATURES = {"sets": ["functionals", "egemaps", "sequences"], "n_mfcc": 13, "n_mels": 24, "n_fbank": 16,
-            "n_fft": 512, "win_length": 400, "hop_length": 160, "contrast_fmin": 100.0, "contrast_bands": 4}
+FEATURES = section("features", sets=["functionals", "egemaps", "sequences"], n_mfcc=13, n_mels=24, n_fbank=16,
+                   n_fft=512, win_length=400, hop_length=160, contrast_fmin=100.0, contrast_bands=4)
 
 
 def tone_signals(per_class: int = 6, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
@@ -210,15 +232,19 @@ def test_bundle_from_signals_to_probabilities(model_type, feature_input, tmp_pat
     probe = ModelBundle(model_type, ["low", "mid", "high"], feature_input, AUDIO, FEATURES, estimator=None)
     X = probe.inputs_from_signals(signals)
     assert X.shape[0] == len(signals)
-    estimator = MODELS[model_type](tiny(model_type, epochs=20), X.shape[1:], 3, 0)
+    estimator = MODELS[model_type](tiny(model_type, **({"epochs": 20} if model_type in KERAS_TYPES else {})),
+                                   X.shape[1:], 3, 0)
     estimator.fit(X, labels)
     names = [f"f{i}" for i in range(X.shape[1])] if feature_input == "both" else []
     bundle = ModelBundle(model_type, ["low", "mid", "high"], feature_input, AUDIO, FEATURES, estimator, names)
     bundle.save(tmp_path / "bundle")
     described = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert described["classes"] == ["low", "mid", "high"] and described["audio"] == AUDIO
+    assert described["features"] == FEATURES
 
     loaded = ModelBundle.load(tmp_path / "bundle")
+    assert isinstance(loaded.audio, AudioParams) and loaded.audio == bundle.audio
+    assert isinstance(loaded.features, FeatureParams) and loaded.features == bundle.features
     test_signals, test_labels = tone_signals(per_class=2, seed=5)
     probabilities = loaded.predict_proba_signals(test_signals)
     assert probabilities.shape == (len(test_signals), 3)

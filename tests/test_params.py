@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ser.params import KERAS_FAMILIES, ParamsError, load, validate, validate_section
+from ser.params import (KERAS_FAMILIES, AudioParams, ParamsError, load, override, params_hash, typed, validate,
+                        validate_section)
 from tests.params_support import PARAMS, REPO
 
 
@@ -21,12 +22,39 @@ def raw_params() -> dict:
 def test_the_shipped_params_file_validates_and_comes_back_as_written():
     """As written, with every Keras family block completed from ``model.keras``."""
     raw = raw_params()
-    loaded = load(REPO / "params.yaml")
+    loaded = load(REPO / "params.yaml").as_dict()
     assert {name: value for name, value in loaded.items() if name != "model"} == {
         name: value for name, value in raw.items() if name != "model"}
     for name, block in raw["model"].items():
         completed = {**raw["model"]["keras"], **block} if name in KERAS_FAMILIES else block
         assert loaded["model"][name] == completed, name
+
+
+def test_numbers_keep_the_type_they_were_written_with_so_hashes_do_not_move():
+    """``trim_top_db: 40`` stays the int 40: the feature cache is keyed on the section as written."""
+    raw = raw_params()
+    audio = load(REPO / "params.yaml").audio
+    assert type(audio.trim_top_db) is type(raw["audio"]["trim_top_db"])
+    assert isinstance(audio.peak_level, float)
+    assert params_hash(audio) == params_hash(raw["audio"])
+    assert params_hash({"audio": audio}) == params_hash({"audio": raw["audio"]})
+
+
+def test_typed_sections_come_in_as_objects_or_as_mappings():
+    loaded = load(REPO / "params.yaml")
+    assert typed(AudioParams, loaded.audio) is loaded.audio
+    assert typed(AudioParams, PARAMS["audio"]) == loaded.audio
+    assert loaded.model.of().C == PARAMS["model"][PARAMS["model"]["type"]]["C"]
+    with pytest.raises(ParamsError, match=r"audio\.sample_rate: .*valid integer"):
+        typed(AudioParams, {**PARAMS["audio"], "sample_rate": "fast"})
+
+
+def test_an_override_is_validated_like_dvc_exp_run_set():
+    loaded = load(REPO / "params.yaml")
+    changed = override(loaded, {"model.type": "lstm", "model.lstm.units": [32]})
+    assert changed.model.of().units == [32] and loaded.model.lstm.units != [32]
+    with pytest.raises(ParamsError, match=r"model\.type"):
+        override(loaded, {"model.type": "transformer"})
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
@@ -70,15 +98,15 @@ def test_keras_families_take_the_shared_block_and_override_it_with_their_own():
     params = raw_params()
     params["model"]["keras"]["patience"] = 9
     params["model"]["gru"]["patience"] = 2
-    model = validate(params, "params.yaml")["model"]
-    assert model["gru"]["patience"] == 2
-    assert all(model[family]["patience"] == 9 for family in ("cnn1d", "cnn2d", "lstm", "bilstm", "clstm"))
-    assert model["cnn1d"]["max_steps"] == params["model"]["cnn1d"]["max_steps"] != params["model"]["keras"]["max_steps"]
+    model = validate(params, "params.yaml").model
+    assert model.gru.patience == 2
+    assert all(model.of(family).patience == 9 for family in ("cnn1d", "cnn2d", "lstm", "bilstm", "clstm"))
+    assert model.cnn1d.max_steps == params["model"]["cnn1d"]["max_steps"] != params["model"]["keras"]["max_steps"]
     assert validate_section("model", params["model"]) == model
 
 
 def test_one_section_validates_alone():
-    assert validate_section("audio", PARAMS["audio"]) == PARAMS["audio"]
+    assert validate_section("audio", PARAMS["audio"]).as_dict() == PARAMS["audio"]
     with pytest.raises(ParamsError, match=r"audio\.sample_rate: missing"):
         validate_section("audio", {k: v for k, v in PARAMS["audio"].items() if k != "sample_rate"})
 

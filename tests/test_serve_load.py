@@ -131,10 +131,13 @@ def test_a_full_queue_is_refused_at_once_and_a_runaway_clip_is_stopped(small_bun
 def served_model(small_bundle, serve_overrides: dict):
     """The pyfunc model as ``log_model`` builds it from params.yaml (plus overrides), loaded."""
     from ser.serving.pyfunc import BUNDLE_ARTIFACT, _model_arguments
-    from tests.params_support import params, section
+    from tests.params_support import typed_params
 
-    model = _model_arguments(small_bundle, params()["predict"], section("serve", **serve_overrides))["python_model"]
-    model.load_context(SimpleNamespace(artifacts={BUNDLE_ARTIFACT: str(small_bundle)}))
+    params = typed_params(serve=serve_overrides)  # what log_model hands its private helper: the typed sections
+    arguments = _model_arguments(small_bundle, params.predict, params.serve)
+    model = arguments["python_model"]
+    model.load_context(SimpleNamespace(artifacts={BUNDLE_ARTIFACT: str(small_bundle)},
+                                       model_config=arguments["model_config"]))
     return model
 
 
@@ -185,6 +188,27 @@ def test_path_input_when_on_reads_only_files_under_the_root(small_bundle, real_m
         assert "outside serve.path_root" in refused(python_model, escape), escape
     assert "not a file" in refused(python_model, "clips/missing.flac")
     assert "not a file" in refused(python_model, "clips")
+
+
+def test_serving_settings_are_the_model_config_and_a_loader_replaces_them(small_bundle, tmp_path):
+    """The pickle holds no setting: ``model_config`` (in MLmodel) gives the defaults, and whoever
+    loads the model may replace them without retraining or relogging it."""
+    import mlflow.pyfunc
+    import yaml
+
+    from ser.serving.loader import logged_predictor
+    from ser.serving.pyfunc import save_model
+    from tests.params_support import PARAMS
+
+    folder = save_model(small_bundle, tmp_path / "model", PARAMS["predict"], PARAMS["serve"])
+    conf = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert conf["config"]["window_s"] == PARAMS["predict"]["window_s"]
+    assert conf["config"]["max_bytes"] == PARAMS["serve"]["max_bytes"]
+    assert b"window_s" not in (folder / conf["python_model"]).read_bytes()
+    assert logged_predictor(folder).window_s == PARAMS["predict"]["window_s"]
+    loaded = mlflow.pyfunc.load_model(str(folder), model_config={"window_s": 1.5, "hop_s": 0.5, "max_bytes": 10})
+    served = loaded.unwrap_python_model()
+    assert (served.ready().window_s, served.ready().hop_s, served.max_bytes) == (1.5, 0.5, 10)
 
 
 def test_models_logged_before_the_setting_read_no_paths():

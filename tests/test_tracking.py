@@ -27,12 +27,13 @@ from ser.training.calibration import with_temperature
 from ser.training.evaluate import evaluate
 from ser.features import extract
 from ser.training.train import ModelInputs, train
-from tests.params_support import params as project_params
+from tests.params_support import params as project_params, section
 
 AUDIO = {"sample_rate": 16000, "trim_silence": False, "trim_top_db": 40, "normalize": "peak", "peak_level": 0.95,
          "loudness_lufs": -23.0, "max_seconds": 0.5}
-FEATURES = {"sets": ["functionals", "egemaps"], "n_mfcc": 13, "n_mels": 24, "n_fbank": 16, "n_fft": 512,
-            "win_length": 400, "hop_length": 160, "contrast_fmin": 100.0, "contrast_bands": 4}
+# the whole features section (extract types it), these keys as the test sets them
+FEATURES = section("features", sets=["functionals", "egemaps"], n_mfcc=13, n_mels=24, n_fbank=16, n_fft=512,
+                   win_length=400, hop_length=160, contrast_fmin=100.0, contrast_bands=4)
 PITCH = {"angry": 330.0, "neutral": 120.0, "sad": 200.0}
 
 

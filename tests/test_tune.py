@@ -209,7 +209,7 @@ def test_the_best_params_apply_with_dvc_exp_run(tuned, project, tmp_path):
     applied = tmp_path / "params.yaml"
     shutil.copy(project / "params.yaml", applied)
     apply_overrides(applied, words[1::2])
-    assert validate(yaml.safe_load(applied.read_text())) == merged
+    assert validate(yaml.safe_load(applied.read_text())).as_dict() == merged
 
     # And the documented command itself, in a scratch DVC repository whose one stage reads `model`.
     scratch = tmp_path / "exp"

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ser.audio import load_audio, normalize
-from ser.params import params_hash
+from ser.params import AudioParams, AugmentParams, FeatureParams, params_hash, typed
 from ser.runtime import make_executor
 from ser.runtime.executor import Executor
 from ser.features import store
@@ -52,35 +52,32 @@ def copy_seed(seed: int, utterance_id: str, copy: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_augmenter(params: dict):
+def make_augmenter(params: AugmentParams | dict[str, Any]):
     """The audiomentations chain described by the ``augment:`` section."""
     from audiomentations import AddGaussianSNR, Compose, PitchShift, Shift, TimeStretch
 
-    noise, shift = params["noise"], params["shift"]
-    pitch, stretch = params["pitch"], params["stretch"]
-    max_shift = float(shift["max_fraction"])
+    params = typed(AugmentParams, params)
+    noise, shift, pitch, stretch = params.noise, params.shift, params.pitch, params.stretch
     return Compose([
-        PitchShift(min_semitones=float(pitch["min_semitones"]),
-                   max_semitones=float(pitch["max_semitones"]), p=float(pitch["p"])),
-        TimeStretch(min_rate=float(stretch["min_rate"]), max_rate=float(stretch["max_rate"]),
-                    leave_length_unchanged=bool(stretch["leave_length_unchanged"]),
-                    p=float(stretch["p"])),
+        PitchShift(min_semitones=pitch.min_semitones, max_semitones=pitch.max_semitones, p=pitch.p),
+        TimeStretch(min_rate=stretch.min_rate, max_rate=stretch.max_rate,
+                    leave_length_unchanged=stretch.leave_length_unchanged, p=stretch.p),
         # No rollover: speech that wraps around the clip's end is not speech any more.
-        Shift(min_shift=-max_shift, max_shift=max_shift, shift_unit="fraction",
-              rollover=bool(shift["rollover"]), p=float(shift["p"])),
-        AddGaussianSNR(min_snr_db=float(noise["min_snr_db"]),
-                       max_snr_db=float(noise["max_snr_db"]), p=float(noise["p"])),
+        Shift(min_shift=-shift.max_fraction, max_shift=shift.max_fraction, shift_unit="fraction",
+              rollover=shift.rollover, p=shift.p),
+        AddGaussianSNR(min_snr_db=noise.min_snr_db, max_snr_db=noise.max_snr_db, p=noise.p),
     ])
 
 
-def augment_signal(y: np.ndarray, sample_rate: int, params: dict, seed: int) -> np.ndarray:
-    """One augmented version of ``y``; the same (y, params, seed) always gives the same output."""
+def augment_signal(y: np.ndarray, sample_rate: int, params: AugmentParams | dict[str, Any], seed: int) -> np.ndarray:
+    """One augmented version of ``y`` (``params`` the ``augment:`` section); the same (y, params,
+    seed) always gives the same output."""
     augmenter = make_augmenter(params)
     # audiomentations draws from the global `random` and `numpy.random` generators; seeding them
     # here, per copy, in whichever process runs it, makes every copy reproducible.
     random.seed(seed)
     np.random.seed(seed)
-    out = augmenter(samples=np.asarray(y, dtype=np.float32), sample_rate=int(sample_rate))
+    out = augmenter(samples=np.asarray(y, dtype=np.float32), sample_rate=sample_rate)
     out = np.asarray(out, dtype=np.float32)
     if out.size == 0 or not np.all(np.isfinite(out)):
         raise ValueError("augmentation produced an empty or non-finite signal")
@@ -94,16 +91,22 @@ class AugmentJob:
     sets: tuple[str, ...]
     utterance_id: str           # of the source clip
     copy: int
-    audio_params: dict = field(hash=False)
-    feature_params: dict = field(hash=False)
-    augment_params: dict = field(hash=False)
+    audio_params: AudioParams = field(hash=False)
+    feature_params: FeatureParams = field(hash=False)
+    augment_params: AugmentParams = field(hash=False)
+
+    def __post_init__(self) -> None:
+        # The sections typed once, here: a job may also be built from plain mappings (a test).
+        for name, schema in (("audio_params", AudioParams), ("feature_params", FeatureParams),
+                             ("augment_params", AugmentParams)):
+            object.__setattr__(self, name, typed(schema, getattr(self, name)))
 
 
 def augmented_signal(job: AugmentJob) -> np.ndarray:
     """The front-end signal of one augmented copy (normalized again after augmentation)."""
     y = load_audio(job.path, job.audio_params)
-    seed = copy_seed(int(job.augment_params["seed"]), job.utterance_id, job.copy)
-    y = augment_signal(y, int(job.audio_params["sample_rate"]), job.augment_params, seed)
+    seed = copy_seed(job.augment_params.seed, job.utterance_id, job.copy)
+    y = augment_signal(y, job.audio_params.sample_rate, job.augment_params, seed)
     return normalize(y, job.audio_params)
 
 
@@ -112,17 +115,20 @@ def augment_and_extract(job: AugmentJob) -> dict[str, np.ndarray]:
     return extract(augmented_signal(job), job.audio_params, job.feature_params, job.sets)
 
 
-def augment_params_hash(augment_params: dict) -> str:
-    """Hash of what shapes one copy: everything but how many copies there are."""
-    return params_hash({key: value for key, value in augment_params.items() if key != "copies"})
+def augment_params_hash(augment_params: AugmentParams | dict[str, Any]) -> str:
+    """Hash of what shapes one copy: the ``augment:`` section as params.yaml writes it, less
+    ``copies`` (how many there are)."""
+    written = typed(AugmentParams, augment_params).as_dict()
+    return params_hash({key: value for key, value in written.items() if key != "copies"})
 
 
 def copy_key(pcm_sha256: str, utterance_id: str, copy: int, augment_hash: str) -> str:
     return hashlib.sha256(f"aug:{pcm_sha256}:{utterance_id}:{copy}:{augment_hash}".encode()).hexdigest()
 
 
-def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: dict,
-                      feature_params: dict, augment_params: dict, *, root: str | os.PathLike,
+def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike,
+                      audio_params: AudioParams | dict[str, Any], feature_params: FeatureParams | dict[str, Any],
+                      augment_params: AugmentParams | dict[str, Any], *, root: str | os.PathLike,
                       executor: Executor | None = None, cache_dir: str | os.PathLike | None = None,
                       progress: bool = True) -> dict[str, Any]:
     """The augment stage: ``augment.copies`` copies of every ok clip -> features in ``out_dir``.
@@ -132,9 +138,12 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
     ``copies: 0`` writes the same files, valid and empty. Copies are made of every ok clip;
     keeping only those whose source is on the training side is the splits' job.
     """
+    audio_params = typed(AudioParams, audio_params)
+    feature_params = typed(FeatureParams, feature_params)
+    augment_params = typed(AugmentParams, augment_params)
     root = Path(root).absolute()  # jobs name files a worker finds whatever its working directory
     out_dir = Path(out_dir)
-    copies = int(augment_params["copies"])
+    copies = augment_params.copies
     if copies < 0:
         raise ValueError(f"augment.copies must be >= 0, got {copies}")
     clips = ok_clips(metadata_df)
@@ -148,7 +157,7 @@ def compute_augmented(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, aud
             rows.append({"utterance_id": copy_id(clip.utterance_id, copy),
                          "source_utterance_id": clip.utterance_id, "copy": copy, "_key": key,
                          **{column: getattr(clip, column) for column in PROVENANCE_COLUMNS}})
-    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]),
+    executor = executor or make_executor(feature_params.executor, feature_params.workers,
                                          **ray_options(feature_params))
 
     def make_job(key: str, missing: tuple[str, ...]) -> AugmentJob:

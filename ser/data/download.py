@@ -39,6 +39,7 @@ from ser.data.fetch import (
     safe_extract,
     unsafe_reason,
 )
+from ser.params import DownloadParams, typed
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ class DownloadSettings:
     strict: bool
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> DownloadSettings:
-        return cls(retries=params["retries"], backoff_s=params["backoff_s"], timeout_s=params["timeout_s"],
-                   strict=params["strict"])
+    def from_params(cls, params: DownloadParams | dict[str, Any]) -> DownloadSettings:
+        params = typed(DownloadParams, params)
+        return cls(retries=params.retries, backoff_s=params.backoff_s, timeout_s=params.timeout_s,
+                   strict=params.strict)
 
 
 # ---------------------------------------------------------------------------------------------

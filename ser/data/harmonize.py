@@ -27,6 +27,7 @@ from ser.runtime import make_executor
 from ser.runtime.executor import Executor
 from ser.runtime.ray_executor import ray_options
 from ser.data.metadata import COLUMNS, write_metadata
+from ser.params import DataParams, typed
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,13 @@ def link_duplicates(frame: pd.DataFrame) -> pd.Series:
     return duplicate_of
 
 
-def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: dict[str, Any], *,
+def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: DataParams | dict[str, Any], *,
               root: str | os.PathLike, executor: Executor | None = None) -> pd.DataFrame:
     """The metadata table of ``corpora`` under ``raw`` (``params`` is the ``data:`` section).
 
     ``path`` is written relative to ``root`` (the repository root).
     """
+    params = typed(DataParams, params)
     raw = Path(raw).resolve()
     root = Path(root).resolve()
     rows = []
@@ -140,18 +142,17 @@ def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: dict[str, 
         if not corpus_rows:
             raise FileNotFoundError(f"{folder}: corpus '{corpus}' holds no audio files")
         rows.extend(corpus_rows)
-    executor = executor or make_executor(params["executor"], int(params["workers"]), **ray_options(params))
+    executor = executor or make_executor(params.executor, params.workers, **ray_options(params))
     measured: dict[str, Probe] = {}
     for outcome in executor.map(probe, [row["_absolute"] for row in rows], desc="probe", total=len(rows)):
         measured[outcome.item] = outcome.value if outcome.ok else Probe(problem=f"{outcome.item}: {outcome.error}")
-    min_duration_s, silence_peak = float(params["min_duration_s"]), float(params["silence_peak"])
     for row in rows:
         absolute = row.pop("_absolute")
         result = measured[absolute]
         row.update(sample_rate=result.sample_rate, channels=result.channels, duration_s=result.duration_s,
                    pcm_sha256=result.pcm_sha256)
         if row["status"] == "ok":
-            reason = quarantine_reason(result, min_duration_s, silence_peak)
+            reason = quarantine_reason(result, params.min_duration_s, params.silence_peak)
             if reason:
                 # Name the clip by its repo-relative path, so the table is the same on every machine.
                 row.update(status="quarantined", problem=reason.replace(absolute, row["path"]))
@@ -195,10 +196,12 @@ def write_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def run(raw: str | os.PathLike, out: str | os.PathLike, summary_path: str | os.PathLike,
-        params: dict[str, Any], *, root: str | os.PathLike,
+        params: DataParams | dict[str, Any], *, root: str | os.PathLike,
         executor: Executor | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Harmonize ``params["corpora"]``, write the validated table and the summary."""
-    frame = harmonize(raw, params["corpora"], params, root=root, executor=executor)
+    """Harmonize the ``corpora`` of ``params`` (the ``data:`` section), write the validated
+    table and the summary."""
+    params = typed(DataParams, params)
+    frame = harmonize(raw, params.corpora, params, root=root, executor=executor)
     write_metadata(frame, out)
     summary = summarize(frame)
     write_summary(summary, summary_path)

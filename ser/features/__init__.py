@@ -1,4 +1,6 @@
-"""Features of front-end-processed audio: functionals, eGeMAPS and fixed-length sequences.
+"""Features of front-end-processed audio: functionals, eGeMAPS, fixed-length sequences and
+Whisper encoder features, each set an object of the one registry (``FEATURE_SETS``, in
+:mod:`ser.features.sets`) that ``extract`` and the features stage loop over.
 
 The names below are imported on first use (PEP 562), not with the package: scoring one clip
 with a Whisper-feature model needs neither openSMILE, pandas/pyarrow (the feature store) nor
@@ -10,7 +12,7 @@ first, and ``ser.features.egemaps`` imports it at its top.
 """
 
 __all__ = [
-    "EGEMAPS_NAMES", "FEATURE_SETS", "SEQUENCE_KINDS", "compute_features", "extract",
+    "EGEMAPS_NAMES", "FEATURE_SETS", "FeatureSet", "SEQUENCE_KINDS", "compute_features", "extract",
     "extract_clip", "functional_names", "load_failures", "load_sequences", "load_table",
     "n_frames", "set_params_hash",
 ]
@@ -21,7 +23,7 @@ def __getattr__(name: str) -> object:
         from ser.features.egemaps import EGEMAPS_NAMES as value
     elif name == "compute_features":
         from ser.features.compute import compute_features as value
-    elif name in ("FEATURE_SETS", "extract", "extract_clip", "set_params_hash"):
+    elif name in ("FEATURE_SETS", "FeatureSet", "extract", "extract_clip", "set_params_hash"):
         from ser.features import extraction
 
         value = getattr(extraction, name)

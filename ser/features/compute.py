@@ -33,11 +33,9 @@ from ser.runtime import make_executor
 from ser.runtime.executor import Executor
 from ser.features import store
 from ser.features.cache import FeatureCache
-from ser.features.egemaps import EGEMAPS_NAMES
-from ser.features.extraction import KINDS_OF_SET, check_sets, extract, set_params_hash
-from ser.features.functionals import functional_names
-from ser.features.sequences import n_frames, sequence_dims
-from ser.features.whisper import encoder_for, frame_count, layers_of, whisper_names, whisper_params
+from ser.features.extraction import check_sets, extract
+from ser.features.sets import FEATURE_SETS, FROM_FIRST_CLIP, feature_section, typed_sections
+from ser.params import AudioParams, FeatureParams
 from ser.runtime.ray_executor import ray_options
 
 _WRITE_CHUNK = 256
@@ -56,8 +54,8 @@ class ClipJob:
     key: str                    # cache key of the signal: the clip's pcm_sha256
     path: str
     sets: tuple[str, ...]       # the sets the cache lacks for this clip
-    audio_params: dict = field(hash=False)
-    feature_params: dict = field(hash=False)
+    audio_params: AudioParams = field(hash=False)
+    feature_params: FeatureParams = field(hash=False)
 
 
 def extract_job(job: ClipJob) -> dict[str, np.ndarray]:
@@ -124,10 +122,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def open_cache(feature_params: dict, root: Path, cache_dir: str | os.PathLike | None = None
+def open_cache(feature_params: FeatureParams | dict, root: Path, cache_dir: str | os.PathLike | None = None
                ) -> tuple[FeatureCache, Path | None]:
     """The persistent cache (``features.cache_dir``), or a throwaway one when it is null."""
-    folder = cache_dir if cache_dir is not None else feature_params["cache_dir"]
+    folder = cache_dir if cache_dir is not None else feature_section(feature_params).cache_dir
     if folder:
         folder = Path(folder)
         return FeatureCache(folder if folder.is_absolute() else root / folder), None
@@ -136,8 +134,8 @@ def open_cache(feature_params: dict, root: Path, cache_dir: str | os.PathLike | 
 
 
 def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[[str, tuple[str, ...]], Any],
-                         job_fn: Callable[[Any], dict], out_dir: Path, audio_params: dict,
-                         feature_params: dict, cache: FeatureCache, executor: Executor,
+                         job_fn: Callable[[Any], dict], out_dir: Path, audio_params: AudioParams | dict,
+                         feature_params: FeatureParams | dict, cache: FeatureCache, executor: Executor,
                          desc: str, root: Path | None = None) -> dict[str, Any]:
     """Fill ``out_dir`` for ``entries`` = [(utterance_id, cache key)] (in output order).
 
@@ -147,11 +145,12 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
     workers' completion order, the cache's state or where ``root`` (the folder that relative
     clip paths resolve against, stripped from failure messages) is.
     """
-    sets = check_sets(feature_params["sets"])
-    if "whisper" in sets:  # join and verify the weights, build the graph: once, before any worker
-        encoder_for(whisper_params(feature_params))
-    hashes = {name: set_params_hash(name, audio_params, feature_params) for name in sets}
-    present = {name: set.intersection(*(cache.present(kind, hashes[name]) for kind in KINDS_OF_SET[name]))
+    audio_params, feature_params = typed_sections(audio_params, feature_params)
+    sets = check_sets(feature_params.sets)
+    for name in sets:  # a set's one-time work (e.g. verifying an encoder's weights): once, before any worker
+        FEATURE_SETS[name].prepare(audio_params, feature_params)
+    hashes = {name: FEATURE_SETS[name].params_hash(audio_params, feature_params) for name in sets}
+    present = {name: set.intersection(*(cache.present(kind, hashes[name]) for kind in FEATURE_SETS[name].kinds))
                for name in sets}
     keys = list(dict.fromkeys(key for _, key in entries))
     jobs = []
@@ -168,7 +167,7 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
             tqdm.write(f"warning: {getattr(job, 'path', job.key)}: quarantined, {outcome.error}")
             continue
         cache.put_clip(job.key, [(kind, hashes[name], outcome.value[kind])
-                                 for name in job.sets for kind in KINDS_OF_SET[name]])
+                                 for name in job.sets for kind in FEATURE_SETS[name].kinds])
     cache.commit()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,12 +184,9 @@ def build_feature_folder(entries: Sequence[tuple[str, str]], make_job: Callable[
         "computed_per_set": {name: sum(1 for job in jobs if name in job.sets and job.key not in failed)
                              for name in sets},
         "from_cache": len(keys) - len(jobs),
-        "functionals": len(functional_names(feature_params)) if "functionals" in sets else 0,
-        "egemaps": len(EGEMAPS_NAMES) if "egemaps" in sets else 0,
-        "sequence_frames": n_frames(audio_params, feature_params) if "sequences" in sets else 0,
-        "sequence_dims": sequence_dims(feature_params) if "sequences" in sets else {},
-        "whisper_frames": frame_count(audio_params, feature_params) if "whisper" in sets else 0,
     }
+    for name, feature_set in FEATURE_SETS.items():  # every set's entries, empty when not selected
+        summary.update(feature_set.info(audio_params, feature_params, name in sets))
     info = {key: value for key, value in summary.items() if key not in RUN_FACTS}
     (out_dir / store.INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return summary
@@ -208,27 +204,24 @@ def _chunks(items: Sequence, size: int = _WRITE_CHUNK):
         yield items[start:start + size]
 
 
-def table_columns(set_name: str, feature_params: dict, values_per_clip: int) -> list[str]:
+def table_columns(set_name: str, feature_params: FeatureParams | dict, values_per_clip: int) -> list[str]:
     """Column names of a table set whose clips have ``values_per_clip`` values each (the encoder's
     width is read from that count)."""
-    if set_name == "functionals":
-        return functional_names(feature_params)
-    if set_name == "egemaps":
-        return list(EGEMAPS_NAMES)
-    if set_name == "whisper":
-        layers = layers_of(whisper_params(feature_params))
-        return whisper_names(values_per_clip // (2 * len(layers)), layers)
-    raise ValueError(f"'{set_name}' is not a table set; choose one of {list(store.TABLE_SETS)}")
+    if set_name not in FEATURE_SETS:
+        raise ValueError(f"'{set_name}' is not a table set; choose one of "
+                         f"{[name for name, one in FEATURE_SETS.items() if one.table]}")
+    return FEATURE_SETS[set_name].columns(feature_section(feature_params), values_per_clip)
 
 
 def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: dict[str, str],
-                out_dir: Path, audio_params: dict, feature_params: dict, cache: FeatureCache) -> None:
-    columns = {"functionals": functional_names(feature_params), "egemaps": list(EGEMAPS_NAMES)}
-    if "whisper" in sets and good:
-        first = cache.get_many("whisper", hashes["whisper"], [good[0][1]])[good[0][1]]
-        columns["whisper"] = table_columns("whisper", feature_params, len(first))
-    for name in (s for s in sets if s in store.TABLE_SETS):
-        writer = store.TableWriter(out_dir / f"{name}.parquet", columns.get(name, []))
+                out_dir: Path, audio_params: AudioParams, feature_params: FeatureParams, cache: FeatureCache) -> None:
+    def first_clip(kind: str, name: str) -> np.ndarray | None:
+        return cache.get_many(kind, hashes[name], [good[0][1]])[good[0][1]] if good else None
+
+    for name in (s for s in sets if FEATURE_SETS[s].table):
+        first = first_clip(name, name)
+        columns = FEATURE_SETS[name].columns(feature_params, None if first is None else len(first))
+        writer = store.TableWriter(out_dir / f"{name}.parquet", columns)
         try:
             for chunk in _chunks(good):
                 found = cache.get_many(name, hashes[name], [key for _, key in chunk])
@@ -236,12 +229,14 @@ def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: di
         finally:
             writer.close()
     kinds = {}  # sequence kind -> (set it belongs to, shape of one clip's frames)
-    if "sequences" in sets:
-        frames = n_frames(audio_params, feature_params)
-        kinds.update({kind: ("sequences", (frames, dim)) for kind, dim in sequence_dims(feature_params).items()})
-    if "whisper" in sets and good:
-        first = cache.get_many("whisper_frames", hashes["whisper"], [good[0][1]])[good[0][1]]
-        kinds["whisper_frames"] = ("whisper", tuple(first.shape))
+    for name in (s for s in FEATURE_SETS if s in sets):
+        for kind, shape in FEATURE_SETS[name].frame_shapes(audio_params, feature_params).items():
+            if shape is FROM_FIRST_CLIP:  # known once a clip was stored; none stored, no file
+                first = first_clip(kind, name)
+                if first is None:
+                    continue
+                shape = tuple(first.shape)
+            kinds[kind] = (name, shape)
     if not kinds:
         return
     folder = out_dir / store.SEQUENCES_DIR
@@ -266,8 +261,8 @@ def _write_sets(good: Sequence[tuple[str, str]], sets: Sequence[str], hashes: di
                 handle.write(block.tobytes())
 
 
-def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: dict,
-                     feature_params: dict, *, root: str | os.PathLike,
+def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audio_params: AudioParams | dict,
+                     feature_params: FeatureParams | dict, *, root: str | os.PathLike,
                      executor: Executor | None = None, cache_dir: str | os.PathLike | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """The features stage: every ``status == "ok"`` clip of ``metadata_df`` -> ``out_dir``.
@@ -276,6 +271,7 @@ def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audi
     in ``failures.parquet`` with their problem. ``root`` resolves relative metadata paths
     (the repository root); ``cache_dir`` overrides ``features.cache_dir``.
     """
+    audio_params, feature_params = typed_sections(audio_params, feature_params)
     # Absolute, so that the jobs mean the same file to a worker whatever its working directory
     # (a Ray worker on another machine); failure messages strip it again (_portable).
     root = Path(root).absolute()
@@ -283,7 +279,7 @@ def compute_features(metadata_df: pd.DataFrame, out_dir: str | os.PathLike, audi
     clips = ok_clips(metadata_df)
     paths = dict(zip(clips["pcm_sha256"], (resolve_path(p, root) for p in clips["path"])))
     entries = list(zip(clips["utterance_id"], clips["pcm_sha256"]))
-    executor = executor or make_executor(feature_params["executor"], int(feature_params["workers"]),
+    executor = executor or make_executor(feature_params.executor, feature_params.workers,
                                          **ray_options(feature_params))
 
     def make_job(key: str, missing: tuple[str, ...]) -> ClipJob:

@@ -11,6 +11,7 @@ import librosa
 import numpy as np
 
 from ser.features import spectral
+from ser.params import FeatureParams, typed
 
 STATISTICS = ("mean", "std")
 # Energy entropy splits each frame into this many sub-frames (pyAudioAnalysis's choice).
@@ -21,28 +22,30 @@ SCALAR_DESCRIPTORS = ("zcr", "rms", "centroid", "bandwidth", "rolloff", "flatnes
                       "spectral_entropy", "energy_entropy", "chroma_deviation")
 
 
-def contrast_settings(params: dict, sample_rate: int) -> tuple[float, int]:
+def contrast_settings(params: FeatureParams | dict, sample_rate: int) -> tuple[float, int]:
     """(fmin, n_bands) of spectral contrast; bands are octaves and must stay below Nyquist."""
-    fmin = float(params["contrast_fmin"])
-    n_bands = int(params["contrast_bands"])
+    params = typed(FeatureParams, params, "features")
+    fmin, n_bands = params.contrast_fmin, params.contrast_bands
     if fmin * 2.0 ** n_bands >= sample_rate / 2:
         raise ValueError(f"features.contrast_fmin={fmin} with contrast_bands={n_bands} exceeds the "
                          f"Nyquist frequency of {sample_rate} Hz audio; lower one of them")
     return fmin, n_bands
 
 
-def descriptor_sizes(params: dict) -> list[tuple[str, int]]:
+def descriptor_sizes(params: FeatureParams | dict) -> list[tuple[str, int]]:
     """(descriptor, dimension) in output order; names and values are both built from this."""
-    n_mfcc = int(params["n_mfcc"])
+    params = typed(FeatureParams, params, "features")
+    n_mfcc = params.n_mfcc
     return [
         ("mfcc", n_mfcc), ("mfcc_delta", n_mfcc), ("mfcc_delta2", n_mfcc),
-        ("chroma", 12), ("logmel", int(params["n_mels"])),
-        ("contrast", int(params["contrast_bands"]) + 1), ("tonnetz", 6),
+        ("chroma", 12), ("logmel", params.n_mels),
+        ("contrast", params.contrast_bands + 1), ("tonnetz", 6),
         *[(name, 1) for name in SCALAR_DESCRIPTORS],
     ]
 
 
-def functional_names(params: dict) -> list[str]:
+def functional_names(params: FeatureParams | dict) -> list[str]:
+    """The column names of the ``functionals`` table, in value order."""
     names = []
     for descriptor, size in descriptor_sizes(params):
         for index in range(size):
@@ -69,12 +72,13 @@ def energy_entropy(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndar
     return _entropy(sub_energy, axis=0)
 
 
-def frame_descriptors(y: np.ndarray, sample_rate: int, params: dict) -> list[np.ndarray]:
+def frame_descriptors(y: np.ndarray, sample_rate: int, params: FeatureParams | dict) -> list[np.ndarray]:
     """Every frame-level descriptor as a (dimension, frames) matrix, in descriptor_sizes order."""
+    params = typed(FeatureParams, params, "features")
     n_fft, win_length, hop_length = spectral.stft_params(params)
     spec = spectral.spectrum(y, sample_rate, params)
-    logmel = spectral.log_mel(spec, int(params["n_mels"]))
-    mfcc = spectral.mfcc_from_log_mel(logmel, int(params["n_mfcc"]))
+    logmel = spectral.log_mel(spec, params.n_mels)
+    mfcc = spectral.mfcc_from_log_mel(logmel, params.n_mfcc)
     # mode="nearest" keeps deltas defined for clips shorter than the 9-frame window
     delta = librosa.feature.delta(mfcc, mode="nearest")
     delta2 = librosa.feature.delta(mfcc, order=2, mode="nearest")
@@ -97,7 +101,7 @@ def frame_descriptors(y: np.ndarray, sample_rate: int, params: dict) -> list[np.
             bandwidth, rolloff, flatness, flux, spectral_entropy, energy_ent, chroma_deviation]
 
 
-def functionals(y: np.ndarray, sample_rate: int, params: dict) -> np.ndarray:
+def functionals(y: np.ndarray, sample_rate: int, params: FeatureParams | dict) -> np.ndarray:
     """The functional vector of a front-end-processed signal, ordered as functional_names."""
     parts = []
     for matrix in frame_descriptors(y, sample_rate, params):

@@ -12,6 +12,8 @@ from functools import lru_cache
 import librosa
 import numpy as np
 
+from ser.params import FeatureParams, typed
+
 # log10 floor for filter-bank energies: -100 dB, far below anything a 16-bit recording holds.
 LOG_FLOOR = 1e-10
 
@@ -24,16 +26,16 @@ class Spectrum:
     n_fft: int
 
 
-def stft_params(params: dict) -> tuple[int, int, int]:
-    n_fft = int(params["n_fft"])
-    win_length = int(params["win_length"])
-    hop_length = int(params["hop_length"])
+def stft_params(params: FeatureParams | dict) -> tuple[int, int, int]:
+    """``(n_fft, win_length, hop_length)`` of the ``features`` section, checked."""
+    params = typed(FeatureParams, params, "features")
+    n_fft, win_length, hop_length = params.n_fft, params.win_length, params.hop_length
     if win_length > n_fft:
         raise ValueError(f"features.win_length ({win_length}) must not exceed n_fft ({n_fft})")
     return n_fft, win_length, hop_length
 
 
-def spectrum(y: np.ndarray, sample_rate: int, params: dict) -> Spectrum:
+def spectrum(y: np.ndarray, sample_rate: int, params: FeatureParams | dict) -> Spectrum:
     n_fft, win_length, hop_length = stft_params(params)
     if y.size < n_fft:  # too short to frame at all: pad, a few ms of silence changes nothing
         y = np.pad(y, (0, n_fft - y.size))

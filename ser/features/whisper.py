@@ -47,6 +47,7 @@ import numpy as np
 from ser.features.ct2_layers import ModelFileError, encoder_depth
 from ser.features.model_files import install_folder, sha256_of
 from ser.features.onnx_encoder import RECIPE, REDUCE_RANGE
+from ser.params import AudioParams, FeatureParams, WhisperParams, typed
 
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 # (package, file inside its data/ folder); model.bin is the concatenation of the .part files.
@@ -67,8 +68,27 @@ class WhisperModelError(RuntimeError):
     """The encoder's files are missing, corrupted or not a CTranslate2 Whisper model."""
 
 
-def whisper_params(feature_params: dict) -> dict[str, Any]:
-    return feature_params["whisper"]
+def whisper_section(params: WhisperParams | dict) -> WhisperParams:
+    """``features.whisper`` typed. Params logged before ``layers`` existed (a registered model's)
+    lack the key; their features are the whole encoder's last layer, so that is what they get."""
+    if isinstance(params, dict) and "layers" not in params:
+        folder, _ = _model_folder(params["model_dir"])  # read before typing: it decides the depth
+        params = {**params, "layers": [_full_depth(str(folder / "model.bin"), (folder / "model.bin").stat().st_mtime_ns)]}
+    return typed(WhisperParams, params, "features.whisper")
+
+
+def feature_section(params: FeatureParams | dict) -> FeatureParams:
+    """The ``features`` section typed, its ``whisper`` block completed as :func:`whisper_section`
+    does (what every public function of ``ser.features`` types a mapping with)."""
+    legacy = params["whisper"] if isinstance(params, dict) and "whisper" in params else None
+    if isinstance(legacy, dict) and "layers" not in legacy:
+        params = {**params, "whisper": whisper_section(legacy).as_dict()}
+    return typed(FeatureParams, params, "features")
+
+
+def whisper_params(feature_params: FeatureParams | dict) -> WhisperParams:
+    """The ``features.whisper`` block of a ``features`` section."""
+    return feature_section(feature_params).whisper
 
 
 def cache_home() -> Path:
@@ -127,10 +147,14 @@ def joined_base_model(cache: str | os.PathLike | None = None) -> Path:
     return target
 
 
-def model_folder(params: dict[str, Any]) -> tuple[Path, str]:
-    """``(folder, expected sha256 of its model.bin)`` for ``features.whisper`` params."""
-    if params["model_dir"]:
-        folder = Path(params["model_dir"]).expanduser()
+def model_folder(params: WhisperParams | dict) -> tuple[Path, str]:
+    """``(folder, expected sha256 of its model.bin)`` for the ``features.whisper`` section."""
+    return _model_folder(whisper_section(params).model_dir)
+
+
+def _model_folder(model_dir: str | None) -> tuple[Path, str]:
+    if model_dir:
+        folder = Path(model_dir).expanduser()
         if not (folder / "model.bin").is_file() or not (folder / "config.json").is_file():
             raise WhisperModelError(f"features.whisper.model_dir={folder}: not a CTranslate2 Whisper "
                                     "folder (needs model.bin and config.json)")
@@ -143,19 +167,10 @@ def _user_model_hash(folder: str, mtime_ns: int) -> str:
     return sha256_of(Path(folder) / "model.bin")
 
 
-def layers_of(params: dict[str, Any]) -> list[int]:
-    """``features.whisper.layers``, checked: encoder depths from 1, ascending, no repeats.
-
-    Models logged before ``layers`` existed carry whisper params without it; their features are
-    the whole encoder's last layer, so that is what they get."""
-    if "layers" not in params:
-        folder, _ = model_folder(params)
-        return [_full_depth(str(folder / "model.bin"), (folder / "model.bin").stat().st_mtime_ns)]
-    layers = [int(depth) for depth in params["layers"]]
-    if not layers or layers != sorted(set(layers)) or layers[0] < 1:
-        raise ValueError(f"features.whisper.layers={params['layers']}: give encoder depths from 1 up, "
-                         "ascending, each once (e.g. [3, 6])")
-    return layers
+def layers_of(params: WhisperParams | dict) -> list[int]:
+    """``features.whisper.layers`` (encoder depths from 1, ascending, no repeats: the schema checks
+    them); the encoder's last layer for params from before the key existed (:func:`whisper_section`)."""
+    return list(whisper_section(params).layers)
 
 
 @lru_cache(maxsize=8)
@@ -166,16 +181,17 @@ def _full_depth(model_bin: str, mtime_ns: int) -> int:
         raise WhisperModelError(f"{model_bin}: cannot read its encoder layers ({exc})") from None
 
 
-def encoder_identity(feature_params: dict) -> dict[str, Any]:
+def encoder_identity(feature_params: FeatureParams | dict) -> dict[str, Any]:
     """What shapes the encoder's numbers: part of the ``whisper`` set's cache key."""
     params = whisper_params(feature_params)
-    if params["model_dir"]:
-        _, digest = model_folder(params)
+    if params.model_dir:
+        _, digest = _model_folder(params.model_dir)
     else:
         digest = WHISPER_BASE_SHA256
+    # pad_seconds has always entered the key as a float (5 and 5.0 are one key): kept so.
     return {"model_sha256": digest, "runtime": f"onnxruntime-graph-r{RECIPE}", "reduce_range": REDUCE_RANGE,
-            "compute_type": params["compute_type"], "layers": layers_of(params),
-            "pad_seconds": float(params["pad_seconds"]), "frame_pool": int(params["frame_pool"])}
+            "compute_type": params.compute_type, "layers": list(params.layers),
+            "pad_seconds": float(params.pad_seconds), "frame_pool": params.frame_pool}
 
 
 def verify_model(folder: Path, expected: str) -> None:
@@ -188,22 +204,23 @@ def verify_model(folder: Path, expected: str) -> None:
 
 
 class Encoder:
-    """The encoder of ``features.whisper`` params, resolved: which weights, which depths, which
+    """The encoder of a ``features.whisper`` section, resolved: which weights, which depths, which
     graph file. The ONNX Runtime session opens on first use, once per process."""
 
-    def __init__(self, params: dict[str, Any]):
+    def __init__(self, params: WhisperParams | dict):
         from ser.features import onnx_encoder
 
-        folder, digest = model_folder(params)
-        self.depths = layers_of(params)
+        params = whisper_section(params)
+        folder, digest = _model_folder(params.model_dir)
+        self.depths = list(params.layers)
         full = _full_depth(str(folder / "model.bin"), (folder / "model.bin").stat().st_mtime_ns)
         if self.depths[-1] > full:
             raise WhisperModelError(f"features.whisper.layers asks for depth {self.depths[-1]}; {folder} has "
                                     f"{full} encoder layers")
-        self.threads = int(params["threads"])
+        self.threads = params.threads
         cache = cache_home()
         try:
-            self.graph = onnx_encoder.graph_file(folder / "model.bin", digest, self.depths, params["compute_type"],
+            self.graph = onnx_encoder.graph_file(folder / "model.bin", digest, self.depths, params.compute_type,
                                                  cache, verify=lambda: verify_model(folder, digest))
         except onnx_encoder.GraphError as exc:
             raise WhisperModelError(str(exc)) from None
@@ -239,10 +256,10 @@ def loaded_encoders() -> list[Encoder]:
         return [encoder for encoder in _ENCODERS.values() if encoder._session is not None]
 
 
-def encoder_for(params: dict[str, Any]) -> Encoder:
-    """The process's encoder for these ``features.whisper`` params (built and verified once)."""
-    key = (str(cache_home()), params["model_dir"], params["compute_type"], tuple(layers_of(params)),
-           int(params["threads"]))
+def encoder_for(params: WhisperParams | dict) -> Encoder:
+    """The process's encoder for this ``features.whisper`` section (built and verified once)."""
+    params = whisper_section(params)
+    key = (str(cache_home()), params.model_dir, params.compute_type, tuple(params.layers), params.threads)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
             _ENCODERS[key] = Encoder(params)
@@ -295,15 +312,18 @@ def log_mel(y: np.ndarray, n_mels: int = 80) -> np.ndarray:
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
 
 
-def encode_layers(y: np.ndarray, sample_rate: int, feature_params: dict) -> dict[int, np.ndarray]:
+def encode_layers(y: np.ndarray, sample_rate: int, feature_params: FeatureParams | dict) -> dict[int, np.ndarray]:
     """Encoder frames (n x d_model, float32, 50 per second) covering the signal's speech, at
     each depth of ``layers``, all from one encoder pass a 30 s window."""
+    return _encode_layers(y, sample_rate, whisper_params(feature_params))
+
+
+def _encode_layers(y: np.ndarray, sample_rate: int, params: WhisperParams) -> dict[int, np.ndarray]:
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"the Whisper encoder needs {SAMPLE_RATE} Hz input; audio.sample_rate is {sample_rate}")
-    params = whisper_params(feature_params)
     encoder = encoder_for(params)
     window = MAX_MEL_FRAMES * HOP
-    padded_length = max(int(round(float(params["pad_seconds"]) * SAMPLE_RATE)), 1)
+    padded_length = max(round(params.pad_seconds * SAMPLE_RATE), 1)
     parts: dict[int, list[np.ndarray]] = {depth: [] for depth in encoder.depths}
     for start in range(0, max(len(y), 1), window):
         piece = np.asarray(y[start:start + window], dtype=np.float32)
@@ -316,10 +336,13 @@ def encode_layers(y: np.ndarray, sample_rate: int, feature_params: dict) -> dict
     return {depth: np.concatenate(frames) for depth, frames in parts.items()}
 
 
-def frame_count(audio_params: dict, feature_params: dict) -> int:
+def frame_count(audio_params: AudioParams | dict, feature_params: FeatureParams | dict) -> int:
     """T of ``whisper_frames``: ``audio.max_seconds`` at 50 / frame_pool frames per second."""
-    pool = int(whisper_params(feature_params)["frame_pool"])
-    return int(np.ceil(float(audio_params["max_seconds"]) * SAMPLE_RATE / HOP / 2 / pool))
+    return _frame_count(typed(AudioParams, audio_params, "audio"), whisper_params(feature_params))
+
+
+def _frame_count(audio: AudioParams, params: WhisperParams) -> int:
+    return int(np.ceil(audio.max_seconds * SAMPLE_RATE / HOP / 2 / params.frame_pool))
 
 
 def _pooled_in_time(frames: np.ndarray, pool: int, target: int) -> np.ndarray:
@@ -335,16 +358,17 @@ def _pooled_in_time(frames: np.ndarray, pool: int, target: int) -> np.ndarray:
     return fixed
 
 
-def whisper_features(y: np.ndarray, sample_rate: int, audio_params: dict, feature_params: dict
-                     ) -> dict[str, np.ndarray]:
+def whisper_features(y: np.ndarray, sample_rate: int, audio_params: AudioParams | dict,
+                     feature_params: FeatureParams | dict) -> dict[str, np.ndarray]:
     """``{"whisper": mean ++ std per depth (2 d_model len(layers),), "whisper_frames": (T, depths,
     d_model) float16}``: both from every depth of ``layers``, in that order."""
-    by_depth = encode_layers(y, sample_rate, feature_params)
+    audio = typed(AudioParams, audio_params, "audio")
+    params = whisper_params(feature_params)
+    by_depth = _encode_layers(y, sample_rate, params)
     pooled = np.concatenate([part for frames in by_depth.values()
                              for part in (frames.mean(axis=0), frames.std(axis=0))]).astype(np.float32)
-    pool = int(whisper_params(feature_params)["frame_pool"])
-    target = frame_count(audio_params, feature_params)
-    frames = np.stack([_pooled_in_time(by_depth[depth], pool, target) for depth in by_depth], axis=1)
+    target = _frame_count(audio, params)
+    frames = np.stack([_pooled_in_time(by_depth[depth], params.frame_pool, target) for depth in by_depth], axis=1)
     return {"whisper": pooled, "whisper_frames": frames.astype(np.float16)}
 
 

@@ -2,8 +2,9 @@
 
 A bundle holds the fitted estimator (its standardization included), the class names, which
 features it reads, and the ``audio`` and ``features`` params sections those features were
-computed with. Training saves one; ``ser predict`` and the served MLflow model load it, so a
-clip goes through exactly the feature code the model was trained on.
+computed with (typed: :class:`~ser.params.AudioParams`, :class:`~ser.params.FeatureParams`;
+the mappings are accepted and typed once). Training saves one; ``ser predict`` and the served
+MLflow model load it, so a clip goes through exactly the feature code the model was trained on.
 
 On disk (``save(folder)``)::
 
@@ -25,6 +26,8 @@ import numpy as np
 
 from ser.models.inputs import (FEATURE_INPUTS, SEQUENCE_INPUTS, TABLES, TABULAR_INPUTS,  # noqa: F401
                               extraction_sets, is_feature_input, tabular_sets)
+from ser.features.whisper import feature_section
+from ser.params import AudioParams, FeatureParams, typed
 
 BUNDLE_FORMAT = 1
 
@@ -34,8 +37,8 @@ class ModelBundle:
     model_type: str
     classes: list[str]
     feature_input: str
-    audio: dict[str, Any]
-    features: dict[str, Any]
+    audio: AudioParams  # the section, or its mapping (typed in __post_init__)
+    features: FeatureParams
     estimator: Any
     feature_names: list[str] = field(default_factory=list)  # tabular column order; [] for sequences
     target: str = "emotion"
@@ -50,6 +53,8 @@ class ModelBundle:
         if not is_feature_input(self.feature_input):
             raise ValueError(f"unknown feature_input '{self.feature_input}'; choose one of {FEATURE_INPUTS}")
         self.classes = [str(c) for c in self.classes]
+        self.audio = typed(AudioParams, self.audio, "audio")
+        self.features = feature_section(self.features)  # a registered model's older params too
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
@@ -64,8 +69,8 @@ class ModelBundle:
             "target": self.target,
             "speaker_norm": self.speaker_norm,
             "temperature": self.temperature,
-            "audio": self.audio,
-            "features": self.features,
+            "audio": self.audio.as_dict(),
+            "features": self.features.as_dict(),
         }
         (folder / "bundle.json").write_text(json.dumps(description, indent=2, default=str), encoding="utf-8")
         self.estimator.save(folder / "estimator")
@@ -88,8 +93,8 @@ class ModelBundle:
             model_type=description["model_type"],
             classes=description["classes"],
             feature_input=description["feature_input"],
-            audio=description["audio"],
-            features=description["features"],
+            audio=typed(AudioParams, description["audio"], "audio", str(description_path)),
+            features=feature_section(description["features"]),
             estimator=estimator,
             feature_names=description["feature_names"],
             target=description["target"],

@@ -50,6 +50,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from ser.params import KerasParams, params_class, typed  # noqa: E402
+
 RECURRENT = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 # Keras' default 0.99 needs hundreds of steps before the inference-time statistics are usable;
 # with ~20 batches per epoch the validation loss then rises while training improves, and early
@@ -225,8 +227,9 @@ class StatsPooling(keras.layers.Layer):
 
 
 # ---- building blocks ------------------------------------------------------------------------------
-def _as_list(value) -> list[int]:
-    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+def _layer_widths(units: int | list[int]) -> list[int]:
+    """One recurrent layer's width (``clstm``'s ``units``) or one per layer (the others')."""
+    return units if isinstance(units, list) else [units]
 
 
 def _as_sequence(inputs, input_shape: tuple[int, ...]):
@@ -257,7 +260,7 @@ def _project(x, units: int, above: int, dropout: float):
 
 def _conv1d_blocks(x, filters, kernel_size, dropout):
     for count in filters:
-        x = keras.layers.Conv1D(int(count), int(kernel_size), padding="same", use_bias=False)(x)
+        x = keras.layers.Conv1D(count, kernel_size, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = keras.layers.Activation("relu")(x)
         if x.shape[1] >= 4:
@@ -270,7 +273,7 @@ def _conv2d_blocks(x, filters, kernel_size, dropout):
     """Conv2D-BN-ReLU blocks over a (time, feature, channels) image; each block halves the
     feature and time axes (while they are long enough)."""
     for count in filters:
-        x = keras.layers.Conv2D(int(count), int(kernel_size), padding="same", use_bias=False)(x)
+        x = keras.layers.Conv2D(count, kernel_size, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = keras.layers.Activation("relu")(x)
         pool = (2 if x.shape[1] >= 4 else 1, 2 if x.shape[2] >= 2 else 1)
@@ -282,22 +285,23 @@ def _conv2d_blocks(x, filters, kernel_size, dropout):
 
 def _recurrent_stack(x, model_type, units, dropout):
     """Recurrent layers returning every step (the pooling after them reads all of them:
-    clips are zero-padded at the end, so a last hidden state would be read after padding)."""
+    clips are zero-padded at the end, so a last hidden state would be read after padding).
+    ``units``: one layer's width (``clstm``) or one per layer."""
     layer = RECURRENT["gru" if model_type == "gru" else "lstm"]
-    for count in _as_list(units):
+    for count in _layer_widths(units):
         recurrent = layer(count, return_sequences=True)
         x = keras.layers.Bidirectional(recurrent)(x) if model_type == "bilstm" else recurrent(x)
         x = keras.layers.Dropout(dropout)(x)
     return x
 
 
-def _pool(x, params: dict[str, Any]):
-    pooling = str(params["pooling"])
+def _pool(x, params: KerasParams):
+    pooling = params.pooling
     if pooling == "mean":
         return keras.layers.GlobalAveragePooling1D()(x)
     if pooling not in ("stats", "attention"):
         raise ValueError(f"unknown pooling '{pooling}'; use stats, attention or mean")
-    return StatsPooling(attention=pooling == "attention", attention_units=int(params["attention_units"]),
+    return StatsPooling(attention=pooling == "attention", attention_units=params.attention_units,
                         name="stats_pooling")(x)
 
 
@@ -307,41 +311,43 @@ def input_dtype(input_shape: tuple[int, ...]) -> str:
     return "float16" if len(input_shape) == 3 else "float32"
 
 
-def build_network(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
-                  seed: int | None = None) -> keras.Model:
-    dropout = float(params["dropout"])
+def build_network(model_type: str, params: KerasParams | dict[str, Any], input_shape: tuple[int, ...],
+                  n_classes: int, seed: int | None = None) -> keras.Model:
+    """The network of ``model_type``; ``params`` is its block ``model.<type>``."""
+    params = typed(params_class(model_type), params, f"model.{model_type}")
+    dropout = params.dropout
     inputs = keras.Input(shape=input_shape, name="features", dtype=input_dtype(input_shape))
     if len(input_shape) == 3:  # (T, depths, C): every value standardized, then the depths weighed
         x = DepthWeighting(name="depth_weighting")(inputs)
     else:
         x = keras.layers.Normalization(axis=-1, name="standardize")(inputs)
         x = _as_sequence(x, input_shape)
-    if int(params["time_masks"]) > 0 or int(params["freq_masks"]) > 0:
-        x = SpecAugment(params["time_masks"], params["time_width"], params["freq_masks"],
-                        params["freq_width"], seed=seed, name="spec_augment")(x)
-    x = _time_pool(x, int(params["max_steps"]))
-    x, projected = _project(x, int(params["proj_units"]), int(params["proj_above"]), dropout)
+    if params.time_masks > 0 or params.freq_masks > 0:
+        x = SpecAugment(params.time_masks, params.time_width, params.freq_masks, params.freq_width,
+                        seed=seed, name="spec_augment")(x)
+    x = _time_pool(x, params.max_steps)
+    x, projected = _project(x, params.proj_units, params.proj_above, dropout)
     # Pretrained frames (Whisper) are already good features: a shortcut carries the statistics of
     # the projected frames past the body, so the body only has to add to a pooled-frame probe.
-    shortcut = StatsPooling(name="projection_stats")(x) if projected and params["proj_skip"] else None
+    shortcut = StatsPooling(name="projection_stats")(x) if projected and params.proj_skip else None
     if model_type == "cnn1d":
-        x = _conv1d_blocks(x, _as_list(params["filters"]), params["kernel_size"], dropout)
+        x = _conv1d_blocks(x, params.filters, params.kernel_size, dropout)
     elif model_type in ("cnn2d", "clstm"):
         x = keras.layers.Reshape((*x.shape[1:], 1))(x)
-        x = _conv2d_blocks(x, _as_list(params["filters"]), params["kernel_size"], dropout)
-        if str(params["freq_reduce"]) == "mean":  # average the feature axis away
+        x = _conv2d_blocks(x, params.filters, params.kernel_size, dropout)
+        if params.freq_reduce == "mean":  # average the feature axis away
             x = keras.layers.AveragePooling2D((1, x.shape[2]))(x)
         x = keras.layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)
         if model_type == "clstm":
-            x = _recurrent_stack(x, "lstm", params["units"], dropout)
+            x = _recurrent_stack(x, "lstm", params.units, dropout)
     elif model_type in ("lstm", "bilstm", "gru"):
-        x = _recurrent_stack(x, model_type, params["units"], dropout)
+        x = _recurrent_stack(x, model_type, params.units, dropout)
     else:
         raise ValueError(f"'{model_type}' is not a Keras model type")
     x = _pool(x, params)
     if shortcut is not None:
         x = keras.layers.Concatenate()([x, shortcut])
-    x = keras.layers.Dense(int(params["dense_units"]), use_bias=False)(x)
+    x = keras.layers.Dense(params.dense_units, use_bias=False)(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = keras.layers.Activation("relu")(x)
     x = keras.layers.Dropout(dropout)(x)
@@ -358,10 +364,13 @@ def _constant(array: np.ndarray) -> tf.Tensor:
 
 
 class KerasEstimator:
-    def __init__(self, model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
+    """A Keras family's network; ``params`` is its block ``model.<type>`` (the schema class or
+    the mapping, kept typed as ``self.params``)."""
+
+    def __init__(self, model_type: str, params: KerasParams | dict[str, Any], input_shape: tuple[int, ...],
                  n_classes: int, seed: int):
         self.model_type = model_type
-        self.params = dict(params)
+        self.params = typed(params_class(model_type), params, f"model.{model_type}")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.n_classes = n_classes
         self.seed = seed
@@ -408,19 +417,18 @@ class KerasEstimator:
         X = self._check(X)
         y = np.asarray(y, dtype=np.int64)
         self._standardize_with(X)
-        epochs = int(p["epochs"])
-        batch_size = int(p["batch_size"])
+        epochs = p.epochs
+        batch_size = p.batch_size
         steps = max(1, math.ceil(len(X) / batch_size))
-        learning_rate = float(p["learning_rate"])
-        if str(p["schedule"]) == "cosine":
-            warmup = min(int(p["warmup_epochs"]) * steps, max(0, epochs * steps - 1))
+        learning_rate = p.learning_rate
+        if p.schedule == "cosine":
+            warmup = min(p.warmup_epochs * steps, max(0, epochs * steps - 1))
             learning_rate = keras.optimizers.schedules.CosineDecay(
-                learning_rate / 10, decay_steps=max(1, epochs * steps - warmup), alpha=float(p["min_lr_ratio"]),
+                learning_rate / 10, decay_steps=max(1, epochs * steps - warmup), alpha=p.min_lr_ratio,
                 warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=float(p["weight_decay"]),
-                                           clipnorm=float(p["clipnorm"]))
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=p.weight_decay, clipnorm=p.clipnorm)
         self.model.compile(optimizer=optimizer,
-                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(p["label_smoothing"])),
+                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
                            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
         weights = (np.ones(len(y), dtype=np.float32) if sample_weight is None
                    else np.asarray(sample_weight, dtype=np.float32))
@@ -428,7 +436,7 @@ class KerasEstimator:
         validation = None
         if X_val is not None and y_val is not None and len(y_val) > 0:
             validation = (self._check(X_val), self._one_hot(y_val))
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(p["patience"]),
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience,
                                                            restore_best_weights=True))
         if validation is not None:
             validation = self._batches(*validation, batch_size=256)
@@ -447,7 +455,7 @@ class KerasEstimator:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save(folder / "model.keras")
-        meta = {"model_type": self.model_type, "params": self.params, "input_shape": list(self.input_shape),
+        meta = {"model_type": self.model_type, "params": self.params.as_dict(), "input_shape": list(self.input_shape),
                 "n_classes": self.n_classes, "seed": self.seed}
         (folder / "estimator.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
@@ -457,7 +465,8 @@ class KerasEstimator:
         meta = json.loads((folder / "estimator.json").read_text(encoding="utf-8"))
         estimator = cls.__new__(cls)
         estimator.model_type = meta["model_type"]
-        estimator.params = meta["params"]
+        estimator.params = typed(params_class(meta["model_type"]), meta["params"], f"model.{meta['model_type']}",
+                                 str(folder / "estimator.json"))
         estimator.input_shape = tuple(meta["input_shape"])
         estimator.n_classes = meta["n_classes"]
         estimator.seed = meta["seed"]
@@ -465,7 +474,7 @@ class KerasEstimator:
         return estimator
 
 
-def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
+def build(model_type: str, params: KerasParams | dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
           seed: int, feature_names=None) -> KerasEstimator:  # feature_names: only tables have any
     return KerasEstimator(model_type, params, input_shape, n_classes, seed)
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ser.params import LogregParams, Section, params_class, typed
+
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
@@ -33,43 +35,41 @@ if TYPE_CHECKING:
 SVC_CACHE_MB = 500.0
 
 
-def _classifier(model_type: str, params: dict[str, Any], seed: int):
+def _classifier(model_type: str, params: Section, seed: int):
     if model_type == "logreg":
         from sklearn.linear_model import LogisticRegression
 
         # A linear probe: on a pretrained encoder's pooled frames it is the field's reference head.
-        return LogisticRegression(C=float(params["C"]), max_iter=int(params["max_iter"]), random_state=seed)
+        return LogisticRegression(C=params.C, max_iter=params.max_iter, random_state=seed)
     if model_type == "svm":
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.svm import SVC
 
         # Platt-scaled probabilities, fitted on cross-validated decision values (what the
         # deprecated SVC(probability=True) did internally), then one SVC on all the rows.
-        svc = SVC(C=float(params["C"]), kernel=params["kernel"], gamma=params["gamma"], random_state=seed,
+        svc = SVC(C=params.C, kernel=params.kernel, gamma=params.gamma, random_state=seed,
                   cache_size=SVC_CACHE_MB)
-        return CalibratedClassifierCV(svc, method="sigmoid", cv=int(params["calibration_folds"]),
-                                      ensemble=False)
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=params.calibration_folds, ensemble=False)
     if model_type == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
 
         return RandomForestClassifier(
-            n_estimators=int(params["n_estimators"]), max_depth=params["max_depth"],
-            min_samples_leaf=int(params["min_samples_leaf"]),
-            max_features=params["max_features"], n_jobs=int(params["n_jobs"]),
+            n_estimators=params.n_estimators, max_depth=params.max_depth,
+            min_samples_leaf=params.min_samples_leaf,
+            max_features=params.max_features, n_jobs=params.n_jobs,
             random_state=seed)
     if model_type == "decision_tree":
         from sklearn.tree import DecisionTreeClassifier
 
-        return DecisionTreeClassifier(max_depth=params["max_depth"],
-                                      min_samples_leaf=int(params["min_samples_leaf"]),
+        return DecisionTreeClassifier(max_depth=params.max_depth, min_samples_leaf=params.min_samples_leaf,
                                       random_state=seed)
     if model_type == "mlp":
         from sklearn.neural_network import MLPClassifier
 
-        return MLPClassifier(hidden_layer_sizes=tuple(params["hidden_layer_sizes"]),
-                             alpha=float(params["alpha"]),
-                             learning_rate_init=float(params["learning_rate_init"]),
-                             batch_size=int(params["batch_size"]), random_state=seed)
+        # scikit-learn's API takes the layer sizes as a tuple
+        return MLPClassifier(hidden_layer_sizes=tuple(params.hidden_layer_sizes), alpha=params.alpha,
+                             learning_rate_init=params.learning_rate_init, batch_size=params.batch_size,
+                             random_state=seed)
     raise ValueError(f"'{model_type}' is not a scikit-learn model type")
 
 
@@ -127,30 +127,36 @@ def normalize_embeddings(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return X
 
 
-def _pipeline(model_type: str, params: dict[str, Any], seed: int,
+def _pipeline(model_type: str, params: Section, seed: int,
               feature_names: Sequence[str] | None = None) -> Pipeline:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+    # The column treatments are the linear probe's params (model.logreg); the other families have none.
+    probe = params if isinstance(params, LogregParams) else None
     steps = []
-    groups = embedding_groups(feature_names) if "embedding_norm" in params and params["embedding_norm"] else None
+    groups = embedding_groups(feature_names) if probe is not None and probe.embedding_norm else None
     if groups is not None:
         steps.append(("normalize_embeddings", FunctionTransformer(normalize_embeddings, kw_args={"groups": groups})))
     steps.append(("scale", StandardScaler()))
-    weights = std_column_weights(feature_names, float(params["std_weight"])) if "std_weight" in params else None
+    weights = std_column_weights(feature_names, probe.std_weight) if probe is not None else None
     if weights is not None:
         steps.append(("weigh", FunctionTransformer(weigh_columns, kw_args={"weights": weights})))
     return Pipeline([*steps, ("model", _classifier(model_type, params, seed))])
 
 
 class SklearnEstimator:
-    def __init__(self, model_type: str, params: dict[str, Any], input_shape: tuple[int, ...],
+    """A scikit-learn family's pipeline; ``params`` is its block ``model.<type>`` (the schema
+    class or the mapping, kept typed as ``self.params``)."""
+
+    def __init__(self, model_type: str, params: Section | dict[str, Any], input_shape: tuple[int, ...],
                  n_classes: int, seed: int, pipeline: Pipeline | None = None,
                  feature_names: Sequence[str] | None = None):
         if len(input_shape) != 1:
             raise ValueError(f"{model_type} needs a tabular input (n, features); got per-row shape {input_shape}")
+        params = typed(params_class(model_type), params, f"model.{model_type}")
         self.model_type = model_type
-        self.params = dict(params)
+        self.params = params
         self.input_shape = tuple(input_shape)
         self.n_classes = n_classes
         self.seed = seed
@@ -186,17 +192,17 @@ class SklearnEstimator:
         scaler = self.pipeline[:-1]  # StandardScaler (and column weights)
         mlp = self.pipeline.named_steps["model"]  # an MLPClassifier
         X_scaled = scaler.fit_transform(X)
-        mlp.set_params(batch_size=max(1, min(int(self.params["batch_size"]), len(X))))
+        mlp.set_params(batch_size=max(1, min(self.params.batch_size, len(X))))
         has_val = X_val is not None and y_val is not None and len(y_val) > 0
-        stop_early = has_val and bool(self.params["early_stopping"])
+        stop_early = has_val and self.params.early_stopping
         if has_val:
             X_val_scaled = scaler.transform(self._check(X_val))
             y_val = np.asarray(y_val, dtype=np.int64)
         classes = np.arange(self.n_classes)
-        patience = int(self.params["patience"])
+        patience = self.params.patience
         history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         best_loss, best_state, epochs_without_gain = np.inf, None, 0
-        for epoch in tqdm(range(int(self.params["max_iter"])), desc="mlp epochs", unit="epoch", leave=False):
+        for epoch in tqdm(range(self.params.max_iter), desc="mlp epochs", unit="epoch", leave=False):
             mlp.partial_fit(X_scaled, y, sample_weight=sample_weight, classes=classes)
             train_proba = mlp.predict_proba(X_scaled)
             history["epoch"].append(epoch)
@@ -234,7 +240,7 @@ class SklearnEstimator:
         import joblib
 
         joblib.dump(self.pipeline, folder / "pipeline.joblib")
-        meta = {"model_type": self.model_type, "params": self.params, "input_shape": list(self.input_shape),
+        meta = {"model_type": self.model_type, "params": self.params.as_dict(), "input_shape": list(self.input_shape),
                 "n_classes": self.n_classes, "seed": self.seed}
         (folder / "estimator.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
@@ -243,13 +249,16 @@ class SklearnEstimator:
         folder = Path(folder)
         import joblib
 
-        meta = json.loads((folder / "estimator.json").read_text(encoding="utf-8"))
+        meta_path = folder / "estimator.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        model_type = meta["model_type"]
+        params = typed(params_class(model_type), meta["params"], f"model.{model_type}", str(meta_path))
         # The fitted pipeline is passed in: no unfitted one is built (and no other family imported).
-        return cls(meta["model_type"], meta["params"], tuple(meta["input_shape"]), meta["n_classes"], meta["seed"],
+        return cls(model_type, params, tuple(meta["input_shape"]), meta["n_classes"], meta["seed"],
                    pipeline=joblib.load(folder / "pipeline.joblib"))
 
 
-def build(model_type: str, params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
+def build(model_type: str, params: Section | dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
           seed: int, feature_names: Sequence[str] | None = None) -> SklearnEstimator:
     return SklearnEstimator(model_type, params, input_shape, n_classes, seed, feature_names=feature_names)
 

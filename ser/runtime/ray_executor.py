@@ -42,6 +42,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ser.params import DataParams, FeatureParams, typed
 from ser.runtime.executor import (WORKER_DIED, DeathCount, Executor, Outcome, cpu_count, describe_error, run_batch,
                                   use_private_numba_cache)
 from ser.runtime.ray_session import ray_session
@@ -71,10 +72,13 @@ def _run_payload(payload: bytes) -> list[tuple[Any, str | None]]:
     return [(outcome.value, outcome.error) for outcome in run_batch(fn, batch)]
 
 
-def ray_options(section: dict[str, Any]) -> dict[str, Any]:
+def ray_options(section: DataParams | FeatureParams | dict[str, Any]) -> dict[str, Any]:
     """The :func:`ser.runtime.make_executor` options in a ``data:`` or ``features:`` section:
     the cluster address when it names the Ray executor, none for the others (they take none)."""
-    return {"address": section["ray_address"]} if section["executor"] == "ray" else {}
+    if not isinstance(section, (DataParams, FeatureParams)):
+        # Both sections name an executor; only ``features:`` has feature ``sets``.
+        section = typed(FeatureParams if "sets" in section else DataParams, section)
+    return {"address": section.ray_address} if section.executor == "ray" else {}
 
 
 def _lost_work(ray) -> tuple[type[BaseException], ...]:

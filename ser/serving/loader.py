@@ -14,6 +14,8 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ser.params import PredictParams, typed
+
 if TYPE_CHECKING:
     from ser.serving.predict import Predictor
 
@@ -55,13 +57,14 @@ PYTHON_MODEL_LOADER = "mlflow.pyfunc.model"  # the MLmodel loader_module of a Py
 
 
 def load_predictor(model: str | os.PathLike | None, *, tracking_uri: str, registered_model: str,
-                   predict_params: dict[str, Any]) -> tuple[Predictor, str]:
+                   predict_params: PredictParams | dict[str, Any]) -> tuple[Predictor, str]:
     """A Predictor and a description of where it came from.
 
-    ``model`` is a local ModelBundle folder (windowed by ``predict_params``), a local MLflow
-    model folder, or an MLflow model URI resolved against ``tracking_uri``; ``None`` means the
-    version of ``registered_model`` that the ``champion`` alias names there (set by ``dvc repro``
-    of the committed params or by ``ser promote``; experiments never move it).
+    ``model`` is a local ModelBundle folder (windowed by ``predict_params``, the ``predict:``
+    section), a local MLflow model folder, or an MLflow model URI resolved against
+    ``tracking_uri``; ``None`` means the version of ``registered_model`` that the ``champion``
+    alias names there (set by ``dvc repro`` of the committed params or by ``ser promote``;
+    experiments never move it).
 
     A logged model gives the Predictor that ``mlflow.pyfunc.load_model(...).unwrap_python_model()``
     holds (its own windowing, its bundle artifact), read without MLflow's pyfunc machinery (see
@@ -70,6 +73,7 @@ def load_predictor(model: str | os.PathLike | None, *, tracking_uri: str, regist
     """
     from ser.serving.predict import load_bundle_predictor
 
+    predict_params = typed(PredictParams, predict_params)
     if model is not None and Path(model).is_dir():
         folder = Path(model)
         if (folder / "bundle.json").is_file():
@@ -156,9 +160,10 @@ def _remember_folder(tracking_uri: str, uri: str, folder: str | os.PathLike) -> 
 def logged_predictor(folder: str | os.PathLike) -> Predictor:
     """The Predictor of a logged audio model (``ser.serving.pyfunc.log_model``) in a local folder.
 
-    ``AudioEmotionModel.load_context`` builds it from two things: the windowing pickled in
-    ``python_model.pkl`` and the ``bundle`` artifact. Both are read here directly: the pickle by
-    :func:`_unpickle_inert`, which imports no class and runs no code. Any other model (another
+    ``AudioEmotionModel.load_context`` builds it from two things: the windowing in the model's
+    ``model_config`` (``config`` in ``MLmodel``; older models pickled it in ``python_model.pkl``) and the
+    ``bundle`` artifact. Both are read here directly, the pickle by :func:`_unpickle_inert`, which
+    imports no class and runs no code. Any other model (another
     PythonModel, models-from-code, a compressed pickle, pickles disallowed by
     ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``) goes through ``mlflow.pyfunc.load_model`` as before,
     with its errors.
@@ -223,9 +228,11 @@ def _audio_model_settings(folder: Path) -> tuple[Path, float, float] | None:
         model = _unpickle_inert(folder / conf["python_model"])
     except Exception:  # unreadable or unexpected: MLflow's own loader says what is wrong
         return None
-    if not isinstance(model, _LoggedAudioModel) or not {"window_s", "hop_s"} <= set(vars(model)):
+    # Settings from the model_config (the pickle then holds none); older models pickled them.
+    settings = {**vars(model), **(conf.get("config") or {})} if isinstance(model, _LoggedAudioModel) else {}
+    if not {"window_s", "hop_s"} <= set(settings):
         return None
-    return folder / bundle["path"], float(model.window_s), float(model.hop_s)
+    return folder / bundle["path"], settings["window_s"], settings["hop_s"]
 
 
 def predictor_of(loaded) -> Predictor:

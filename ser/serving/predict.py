@@ -31,6 +31,7 @@ import numpy as np
 
 from ser.audio import (AudioError, is_audio, AudioSource, cut_ranges, describe_source, load_audio, normalize,
                        resampled_blocks, stream_extent, streamable_frames)
+from ser.params import PredictParams, typed
 
 # Windows scored per model call: bounds memory for a long recording, keeps calls efficient.
 WINDOW_BATCH = 32
@@ -179,8 +180,9 @@ class Predictor:
         """Run the encoder (if the model has one) on ``threads`` intra-op threads: every core for
         a lone process answering one request at a time, one for each of a server's workers."""
         features = self.bundle.features
-        if "whisper" in features:
-            self.bundle.features = {**features, "whisper": {**features["whisper"], "threads": max(1, int(threads))}}
+        # Every features section names the encoder's threads; only a model reading the encoder uses them.
+        whisper = features.whisper.model_copy(update={"threads": max(1, int(threads))})
+        self.bundle.features = features.model_copy(update={"whisper": whisper})
         return self
 
     @classmethod
@@ -195,7 +197,7 @@ class Predictor:
 
     @property
     def sample_rate(self) -> int:
-        return int(self.bundle.audio["sample_rate"])
+        return self.bundle.audio.sample_rate
 
     def load(self, source: AudioSource) -> np.ndarray:
         """The front-end signal the model sees (raises :class:`AudioError`)."""
@@ -372,7 +374,8 @@ class Predictor:
             return Prediction(source=name, error=failure_message(exc, name))
 
 
-def load_bundle_predictor(folder: str | os.PathLike, predict_params: dict[str, Any]) -> Predictor:
+def load_bundle_predictor(folder: str | os.PathLike, predict_params: PredictParams | dict[str, Any]) -> Predictor:
     """A Predictor over a ModelBundle folder, windowed as the ``predict:`` section says."""
-    return Predictor.from_bundle_dir(folder, window_s=predict_params["window_s"], hop_s=predict_params["hop_s"],
-                                     min_confidence=predict_params["min_confidence"])
+    predict_params = typed(PredictParams, predict_params)
+    return Predictor.from_bundle_dir(folder, window_s=predict_params.window_s, hop_s=predict_params.hop_s,
+                                     min_confidence=predict_params.min_confidence)

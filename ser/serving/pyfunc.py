@@ -42,6 +42,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ser.audio import AudioError
+from ser.params import PredictParams, ServeParams, typed
 from ser.serving.predict import Prediction, Predictor, audio_error_message
 from ser.serving.loader import BUNDLE_ARTIFACT
 
@@ -57,21 +58,42 @@ def invalid_input(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-class AudioEmotionModel(mlflow.pyfunc.PythonModel):
-    """Audio in, emotion label and class probabilities out (see the module docstring)."""
+# The serving settings a logged model carries as its MLflow ``model_config``: defaults that
+# whoever loads it may replace (``mlflow.pyfunc.load_model(uri, model_config={...})``; ``ser predict``
+# and ``ser serve`` apply params.yaml and their flags), never part of the trained model.
+SETTINGS = ("window_s", "hop_s", "max_bytes", "allow_path", "path_root")
 
-    def __init__(self, window_s: float, hop_s: float, max_bytes: int, allow_path: bool, path_root: str | None):
-        if allow_path and not path_root:
-            raise ValueError("serve.allow_path: true needs serve.path_root, the folder served paths are "
-                             "confined to")
-        self.window_s = float(window_s)
-        self.hop_s = float(hop_s)
-        self.max_bytes = int(max_bytes)
-        self.allow_path = bool(allow_path)
-        self.path_root = str(path_root) if path_root else None
+
+def serving_config(predict_params: PredictParams | dict[str, Any],
+                   serve_params: ServeParams | dict[str, Any]) -> dict[str, Any]:
+    """The ``model_config`` of a logged model from the ``predict`` and ``serve`` sections."""
+    predict = typed(PredictParams, predict_params)
+    serve = typed(ServeParams, serve_params)
+    if serve.allow_path and not serve.path_root:
+        raise ValueError("serve.allow_path: true needs serve.path_root, the folder served paths are "
+                         "confined to")
+    return {"window_s": predict.window_s, "hop_s": predict.hop_s, "max_bytes": serve.max_bytes,
+            "allow_path": serve.allow_path, "path_root": serve.path_root}
+
+
+class AudioEmotionModel(mlflow.pyfunc.PythonModel):
+    """Audio in, emotion label and class probabilities out (see the module docstring).
+
+    Its pickle holds nothing: the settings come from the ``model_config`` at load time."""
+
+    def __init__(self) -> None:
         self.predictor: Predictor | None = None
 
     def load_context(self, context) -> None:
+        # Models logged before model_config carried their settings in the pickle (__setstate__).
+        config = {**{key: vars(self)[key] for key in SETTINGS if key in vars(self)}, **(context.model_config or {})}
+        missing = [key for key in SETTINGS if key not in config]
+        if missing:
+            raise MlflowException(f"the model's model_config lacks {missing} (log it with ser.serving.pyfunc.log_model)")
+        if config["allow_path"] and not config["path_root"]:
+            raise MlflowException("model_config: allow_path needs path_root, the folder served paths are confined to")
+        self.window_s, self.hop_s = config["window_s"], config["hop_s"]
+        self.max_bytes, self.allow_path, self.path_root = config["max_bytes"], config["allow_path"], config["path_root"]
         self.predictor = Predictor.from_bundle_dir(context.artifacts[BUNDLE_ARTIFACT],
                                                    window_s=self.window_s, hop_s=self.hop_s)
         # The scoring server runs requests in threads; feature extractors are not all re-entrant.
@@ -80,16 +102,13 @@ class AudioEmotionModel(mlflow.pyfunc.PythonModel):
         self._root = Path(self.path_root).expanduser().resolve() if self.allow_path else None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_lock", None)
-        state.pop("_root", None)
-        state["predictor"] = None  # the bundle is an artifact, never pickled into the model
-        return state
+        return {"predictor": None}  # the bundle is an artifact, the settings the model_config
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Models logged before serve.allow_path existed read any path; they now read none.
-        state.setdefault("allow_path", False)
-        state.setdefault("path_root", None)
+        # Models logged with their settings pickled, before serve.allow_path existed, read no path.
+        if "window_s" in state:
+            state.setdefault("allow_path", False)
+            state.setdefault("path_root", None)
         self.__dict__.update(state)
 
     @property
@@ -244,39 +263,40 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def _model_arguments(bundle_dir: str | os.PathLike, predict_params: dict[str, Any],
-                     serve_params: dict[str, Any]) -> dict[str, Any]:
+def _model_arguments(bundle_dir: str | os.PathLike, predict_params: PredictParams,
+                     serve_params: ServeParams) -> dict[str, Any]:
     from ser.models.bundle import ModelBundle
 
     bundle_dir = Path(bundle_dir)
     bundle = ModelBundle.load(bundle_dir)  # fail here, not at serving time, on a broken bundle
-    python_model = AudioEmotionModel(window_s=predict_params["window_s"], hop_s=predict_params["hop_s"],
-                                     max_bytes=serve_params["max_bytes"], allow_path=serve_params["allow_path"],
-                                     path_root=serve_params["path_root"])
     return {
-        "python_model": python_model,
+        "python_model": AudioEmotionModel(),
+        "model_config": serving_config(predict_params, serve_params),
         "artifacts": {BUNDLE_ARTIFACT: str(bundle_dir)},
         "code_paths": [str(Path(__file__).resolve().parents[1])],
         "signature": signature_for(bundle.classes),
-        "input_example": pd.DataFrame({"audio": [example_clip(int(bundle.audio["sample_rate"]))]}),
+        "input_example": pd.DataFrame({"audio": [example_clip(bundle.audio.sample_rate)]}),
         "pip_requirements": pip_requirements(),
     }
 
 
-def log_model(bundle_dir: str | os.PathLike, predict_params: dict[str, Any], serve_params: dict[str, Any],
-              registered_model_name: str | None = None, name: str = "model", **kwargs: Any):
+def log_model(bundle_dir: str | os.PathLike, predict_params: PredictParams | dict[str, Any],
+              serve_params: ServeParams | dict[str, Any], registered_model_name: str | None = None,
+              name: str = "model", **kwargs: Any):
     """Log a ModelBundle folder as the audio-in pyfunc model (to the active run, if any).
 
     ``predict_params``/``serve_params`` are the ``predict:``/``serve:`` sections (windowing,
-    payload limit and whether/where the ``path`` column may read files). Extra keyword arguments go to
+    payload limit and whether/where the ``path`` column may read files): the model's
+    ``model_config``, which a loader may replace. Extra keyword arguments go to
     :func:`mlflow.pyfunc.log_model`. Returns its ``ModelInfo``.
     """
-    arguments = _model_arguments(bundle_dir, predict_params, serve_params)
+    arguments = _model_arguments(bundle_dir, typed(PredictParams, predict_params), typed(ServeParams, serve_params))
     return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **arguments, **kwargs)
 
 
-def save_model(bundle_dir: str | os.PathLike, path: str | os.PathLike, predict_params: dict[str, Any],
-               serve_params: dict[str, Any], **kwargs: Any) -> Path:
+def save_model(bundle_dir: str | os.PathLike, path: str | os.PathLike, predict_params: PredictParams | dict[str, Any],
+               serve_params: ServeParams | dict[str, Any], **kwargs: Any) -> Path:
     """Write the same pyfunc model to a local folder (what the serving benchmark serves)."""
-    mlflow.pyfunc.save_model(path=str(path), **_model_arguments(bundle_dir, predict_params, serve_params), **kwargs)
+    arguments = _model_arguments(bundle_dir, typed(PredictParams, predict_params), typed(ServeParams, serve_params))
+    mlflow.pyfunc.save_model(path=str(path), **arguments, **kwargs)
     return Path(path)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ser.params import ServeParams, typed
 from ser.runtime.executor import cpu_count
 from ser.serving.pool import PredictorPool, resolve_workers
 from ser.serving.workers import snapshot
@@ -21,12 +22,13 @@ from ser.serving.workers import snapshot
 GRACEFUL_STOP_S = 5
 
 
-def build_pool(predictor, serve_params: dict[str, Any], scratch: str | Path) -> PredictorPool:
-    """A started pool over a snapshot of ``predictor`` in ``scratch`` (raises ValueError,
-    WorkerError)."""
-    workers = resolve_workers(int(serve_params["workers"]), cpu_count())
+def build_pool(predictor, serve_params: ServeParams | dict[str, Any], scratch: str | Path) -> PredictorPool:
+    """A started pool over a snapshot of ``predictor`` in ``scratch``, sized by the ``serve:``
+    section (raises ValueError, WorkerError)."""
+    serve_params = typed(ServeParams, serve_params)
+    workers = resolve_workers(serve_params.workers, cpu_count())
     pool = PredictorPool(snapshot(predictor, Path(scratch) / "bundle"), workers=workers,
-                         max_queue=int(serve_params["max_queue"]), timeout_s=float(serve_params["timeout_s"]))
+                         max_queue=serve_params.max_queue, timeout_s=serve_params.timeout_s)
     pool.start()
     return pool
 
@@ -35,9 +37,11 @@ def _exit_on_sigterm(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_server(predictor, serve_params: dict[str, Any], *, host: str, port: int, model_description: str,
-               model_info: dict[str, Any] | None) -> None:
-    """Serve until stopped (Ctrl-C, SIGTERM); the workers and the snapshot go with the server."""
+def run_server(predictor, serve_params: ServeParams | dict[str, Any], *, host: str, port: int,
+               model_description: str, model_info: dict[str, Any] | None) -> None:
+    """Serve until stopped (Ctrl-C, SIGTERM) with the ``serve:`` section's settings; the workers
+    and the snapshot go with the server."""
+    serve_params = typed(ServeParams, serve_params)
     import uvicorn
 
     from ser.serving.app import create_app
@@ -49,7 +53,7 @@ def run_server(predictor, serve_params: dict[str, Any], *, host: str, port: int,
         with tempfile.TemporaryDirectory(prefix="ser-serve-") as scratch:
             pool = build_pool(predictor, serve_params, scratch)
             try:
-                app = create_app(pool, max_bytes=int(serve_params["max_bytes"]),
+                app = create_app(pool, max_bytes=serve_params.max_bytes,
                                  model_description=model_description, model_info=model_info)
                 print(f"ser serve: {model_description} on http://{host}:{port}/ with {pool.workers} predictor "
                       f"processes, at most {pool.max_queue} requests in flight, {pool.timeout_s:g} s each",

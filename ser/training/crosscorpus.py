@@ -18,7 +18,6 @@ mixed with the headline.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import pandas as pd
 from ser.training.calibration import cross_fitted, expected_calibration_error
 from ser.training.metrics import scores
 from ser.training.train import ModelInputs, cross_validate, out_of_fold, prepare_cross_validation
+from ser.params import Params, override, typed
 
 PROTOCOL = "leave_one_corpus_out"
 TRAIN_ON = ("all", "shared")
@@ -43,13 +43,11 @@ def answers_among(oof: pd.DataFrame, emotions: list[str]) -> pd.DataFrame:
     return rows.assign(y_pred=np.asarray(emotions, dtype=object)[probabilities.argmax(axis=1)])
 
 
-def _figure_params(params: dict[str, Any], emotions: list[str], train_on: str, speaker_norm: str) -> dict[str, Any]:
-    params = copy.deepcopy(params)
-    params["split"]["protocol"] = PROTOCOL
-    params["train"]["speaker_norm"] = speaker_norm
+def _figure_params(params: Params, emotions: list[str], train_on: str, speaker_norm: str) -> Params:
+    changes = {"split.protocol": PROTOCOL, "train.speaker_norm": speaker_norm}
     if train_on == "shared":
-        params["train"]["emotions"] = list(emotions)
-    return params
+        changes["train.emotions"] = list(emotions)
+    return override(params, changes)
 
 
 def _figure(oof: pd.DataFrame, trained_classes: list[str], emotions: list[str], train_on: str,
@@ -80,14 +78,16 @@ def _figure(oof: pd.DataFrame, trained_classes: list[str], emotions: list[str], 
 
 
 def cross_corpus(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
-                 params: dict[str, Any], emotions: list[str], transductive: bool = True,
+                 params: Params | dict[str, Any], emotions: list[str], transductive: bool = True,
                  train_on: str = "all", other_train_on: bool = True) -> dict[str, Any]:
     """The content of ``metrics/cross_corpus.json``.
 
-    ``params`` holds the sections training reads (split, train, model, ...); the split protocol
-    becomes leave_one_corpus_out, and ``train_on`` (``all`` | ``shared``) says whether the model
-    learns the recipe's own classes or only ``emotions``.
+    ``params`` is the whole params file (:class:`ser.params.Params`, or its mapping); training
+    reads split, train and model. The split protocol becomes leave_one_corpus_out, and
+    ``train_on`` (``all`` | ``shared``) says whether the model learns the recipe's own classes or
+    only ``emotions``.
     """
+    params = typed(Params, params)
     if train_on not in TRAIN_ON:
         raise ValueError(f"cross_corpus.train_on: unknown '{train_on}'; choose one of {list(TRAIN_ON)}")
     corpora = sorted(metadata.loc[metadata.get("status", pd.Series("ok", index=metadata.index)) == "ok",
@@ -105,7 +105,7 @@ def cross_corpus(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelIn
     jobs = [prepare_cross_validation(metadata, inputs, augmented, _figure_params(params, emotions, *figure))
             for figure in figures.values()]
     summary: dict[str, Any] = {"protocol": PROTOCOL, "corpora": corpora, "emotions": emotions,
-                               "model_type": params["model"]["type"], "speaker_independent": True}
+                               "model_type": params.model.type, "speaker_independent": True}
     for (name, figure), job, results in zip(figures.items(), jobs, cross_validate(jobs)):
         summary[name] = _figure(out_of_fold(results), job.data.classes, emotions, *figure)
     return summary

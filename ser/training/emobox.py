@@ -28,7 +28,7 @@ UA (unweighted average recall) is ``ser.training.metrics.scores(...)["uar"]``: m
 classes present in the scored clips.
 
 This module knows nothing of DVC or of where files live: the caller passes the metadata frame,
-the model inputs, the params sections and the protocol mapping.
+the model inputs, the params (:class:`ser.params.Params`, or its mapping) and the protocol mapping.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ser.data.corpora import FileNameError, get_corpus
 from ser.training.metrics import scores
 from ser.models import MODELS, resolve_feature_input, uses_validation
 from ser.training.train import ModelInputs, make_labels, sample_weights
+from ser.params import Params, Section, typed
 
 RAVDESS = "ravdess"
 TRACK2_PAIRS = (("savee", "ravdess"), ("ravdess", "savee"))  # (train corpus, test corpus)
@@ -147,9 +148,9 @@ def _require_features(ids, inputs: ModelInputs, what: str) -> None:
 
 
 # ---- fitting -------------------------------------------------------------------------------------
-def _recipe(params: dict[str, Any]) -> tuple[str, dict[str, Any], int, str | None]:
-    model_type = params["model"]["type"]
-    return model_type, params["model"][model_type], int(params["train"]["seed"]), params["train"]["class_weight"]
+def _recipe(params: Params) -> tuple[str, Section, int, str | None]:
+    model_type = params.model.type
+    return model_type, params.model.of(model_type), params.train.seed, params.train.class_weight
 
 
 def _training_rows(inputs: ModelInputs, augmented: ModelInputs | None, fit_ids: list[str], y_fit: np.ndarray,
@@ -168,12 +169,12 @@ def _training_rows(inputs: ModelInputs, augmented: ModelInputs | None, fit_ids: 
             np.concatenate([corpora, corpora[rows]]))
 
 
-def fit_and_predict(params: dict[str, Any], inputs: ModelInputs, n_classes: int, fit_ids: list[str],
+def fit_and_predict(params: Params | dict[str, Any], inputs: ModelInputs, n_classes: int, fit_ids: list[str],
                     y_fit: np.ndarray, fit_corpora: list[str], test_ids: list[str], val_ids: list[str] | None = None,
                     y_val: np.ndarray | None = None, augmented: ModelInputs | None = None) -> np.ndarray:
     """Probabilities (test rows x ``n_classes``) of the recipe fitted on ``fit_ids`` (of corpora
     ``fit_corpora``), weighted per ``train.class_weight`` (``ser.training.train.sample_weights``)."""
-    model_type, type_params, seed, weighting = _recipe(params)
+    model_type, type_params, seed, weighting = _recipe(typed(Params, params))
     X_fit, y_all, corpora = _training_rows(inputs, augmented, list(fit_ids), np.asarray(y_fit, dtype=np.int64),
                                            np.asarray(fit_corpora, dtype=object))
     estimator = MODELS[model_type](type_params, inputs.X.shape[1:], n_classes, seed,
@@ -192,10 +193,10 @@ def _folds_frame(clips: pd.DataFrame, fold: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"fold": fold.astype(int), "group": groups.values}, index=groups.index)
 
 
-def _validation(folds: pd.DataFrame, clips: pd.DataFrame, train_side: np.ndarray, params: dict[str, Any],
+def _validation(folds: pd.DataFrame, clips: pd.DataFrame, train_side: np.ndarray, params: Params,
                 seed_offset: int) -> np.ndarray:
-    fraction = float(params["split"]["val_speakers_fraction"]) if uses_validation(params["model"]["type"]) else 0.0
-    return splits.validation_groups(folds, clips, train_side, fraction, int(params["split"]["seed"]) + seed_offset,
+    fraction = params.split.val_speakers_fraction if uses_validation(params.model.type) else 0.0
+    return splits.validation_groups(folds, clips, train_side, fraction, params.split.seed + seed_offset,
                                     "speaker_kfold")
 
 
@@ -218,11 +219,12 @@ def ravdess_folds(clips: pd.DataFrame, test_actors_by_fold: dict[str, list[str]]
     return actors.map(fold_of).to_numpy(dtype=int)
 
 
-def ravdess_6fold(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any],
+def ravdess_6fold(metadata: pd.DataFrame, inputs: ModelInputs, params: Params | dict[str, Any],
                   test_actors_by_fold: dict[str, list[str]], augmented: ModelInputs | None = None,
                   ) -> dict[str, Any]:
     """``{"ua": mean of fold UAs, "folds": [UA per fold, in fold order], "pooled_ua": UA of all
     test clips}``: RAVDESS alone, all its emotions, fold k trained on the actors of the others."""
+    params = typed(Params, params)
     clips = _usable(metadata, RAVDESS)
     if clips.empty:
         raise ValueError("the metadata has no usable RAVDESS clips")
@@ -252,11 +254,12 @@ def ravdess_6fold(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str,
 
 
 # ---- track 2: cross-corpus on EmoBox's balanced lists ---------------------------------------------
-def cross_corpus_ua(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any], train_corpus: str,
+def cross_corpus_ua(metadata: pd.DataFrame, inputs: ModelInputs, params: Params | dict[str, Any], train_corpus: str,
                     test_entries: list[str], test_corpus: str, classes: list[str], train_on: str = "all",
                     augmented: ModelInputs | None = None) -> dict[str, Any]:
     """``{"ua", "n_clips"}`` of the recipe trained on every usable ``train_corpus`` clip and tested
     on the listed ``test_corpus`` clips, each answered with the most probable of ``classes``."""
+    params = typed(Params, params)
     if train_on not in TRAIN_ON:
         raise ValueError(f"cross_corpus.train_on: unknown '{train_on}'; choose one of {list(TRAIN_ON)}")
     classes = sorted(classes)
@@ -271,7 +274,7 @@ def cross_corpus_ua(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[st
 
     train_clips = usable[usable["corpus"].astype(str) == train_corpus]
     _require_features(train_clips["utterance_id"], inputs, train_corpus)
-    emotions = list(classes) if train_on == "shared" else params["train"]["emotions"]
+    emotions = list(classes) if train_on == "shared" else params.train.emotions
     labels, learnt = make_labels(train_clips, "emotion", emotions)
     absent = [c for c in classes if c not in learnt]
     if absent:
@@ -297,7 +300,8 @@ def cross_corpus_ua(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[st
             "n_clips": len(test_ids)}
 
 
-def track2(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any], test_clips: dict[str, list[str]],
+def track2(metadata: pd.DataFrame, inputs: ModelInputs, params: Params | dict[str, Any],
+           test_clips: dict[str, list[str]],
            classes: list[str], train_on: str = "all", augmented: ModelInputs | None = None) -> dict[str, Any]:
     """``{"savee->ravdess": {...}, "ravdess->savee": {...}}`` (see :func:`cross_corpus_ua`)."""
     return {f"{source}->{target}": cross_corpus_ua(metadata, inputs, params, source, test_clips[target], target,
@@ -306,15 +310,16 @@ def track2(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any], 
 
 
 # ---- everything ---------------------------------------------------------------------------------
-def describe(params: dict[str, Any], train_on: str) -> str:
-    model_type = params["model"]["type"]
-    validation = (f"early stopping on {params['split']['val_speakers_fraction']} of the training side's speakers "
+def describe(params: Params | dict[str, Any], train_on: str) -> str:
+    params = typed(Params, params)
+    model_type = params.model.type
+    validation = (f"early stopping on {params.split.val_speakers_fraction} of the training side's speakers "
                   f"(ser.training.splits.validation_groups, seed split.seed + fold)" if uses_validation(model_type)
                   else "no validation split (every training clip is fitted)")
     learns = ("the recipe's own classes (train.emotions) of the training corpus, answering the most probable "
               "of the 4" if train_on == "all" else "the 4 classes only")
     return (f"EmoBox (Ma et al., Interspeech 2024) partitions, scored with the project's recipe "
-            f"(model {model_type}, train.seed, class_weight {params['train']['class_weight']}, no speaker "
+            f"(model {model_type}, train.seed, class_weight {params.train.class_weight}, no speaker "
             f"normalization, {validation}). ravdess_6fold: RAVDESS alone, 8 classes, EmoBox's 6 folds of 4 test "
             f"actors, each trained on the other 20; 'ua' = mean of the 6 fold UAs (as EmoBox reports), "
             f"'folds' = UA per fold 1..6, 'pooled_ua' = UA over every fold's test clips pooled (each"
@@ -324,20 +329,20 @@ def describe(params: dict[str, Any], train_on: str) -> str:
             f"EmoBox's table 5 reports. UA = unweighted average recall (macro recall, ser.training.metrics).")
 
 
-def emobox(metadata: pd.DataFrame, inputs: ModelInputs, params: dict[str, Any], protocol: dict[str, Any],
+def emobox(metadata: pd.DataFrame, inputs: ModelInputs, params: Params | dict[str, Any], protocol: dict[str, Any],
            augmented: ModelInputs | None = None) -> dict[str, Any]:
     """The benchmark's JSON: ``protocol`` (a description), ``ravdess_6fold``, ``track2``,
     ``published`` (copied from the protocol mapping), ``model_type``, ``feature_input``.
 
-    ``params`` holds the sections training reads (split, train, model, and cross_corpus for
-    ``train_on``; missing cross_corpus means ``all``); ``inputs`` are the model inputs of the
-    recipe's feature input (``ser.training.train.load_model_inputs``).
+    ``params`` is the whole params file (:class:`ser.params.Params`, or its mapping): training
+    reads split, train and model, ``cross_corpus.train_on`` says what track 2 learns; ``inputs``
+    are the model inputs of the recipe's feature input (``ser.training.train.load_model_inputs``).
     """
     check_protocol(protocol)
-    params = copy.deepcopy(params)
-    model_type = params["model"]["type"]
-    feature_input = resolve_feature_input(model_type, params["model"]["features"], params["model"][model_type])
-    train_on = params["cross_corpus"]["train_on"]
+    params = typed(Params, params)
+    model_type = params.model.type
+    feature_input = resolve_feature_input(model_type, params.model.features, params.model.of(model_type))
+    train_on = params.cross_corpus.train_on
     return {
         "protocol": describe(params, train_on),
         "ravdess_6fold": ravdess_6fold(metadata, inputs, params, protocol["ravdess_test_actors_by_fold"], augmented),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ser.params import flatten
+from ser.params import PredictParams, Section, ServeParams, flatten, typed
 from ser.serving.loader import CHAMPION
 
 if TYPE_CHECKING:  # pandas is not needed to load a model for prediction
@@ -124,7 +124,9 @@ def run_tags(metadata: pd.DataFrame | None = None, extra: dict[str, Any] | None 
     return tags
 
 
-def loggable_params(params: dict[str, Any]) -> dict[str, str]:
+def loggable_params(params: dict[str, Any] | Section) -> dict[str, str]:
+    """``params`` (the typed file or a section, or a mapping) flattened to MLflow params
+    (``model.svm.C``), the same keys and values for the typed object as for its mapping."""
     # MLflow caps a param value at 6000 characters.
     return {key: str(value)[:6000] for key, value in flatten(params).items()}
 
@@ -154,7 +156,7 @@ class RunSettings:
     experiment: str
     registered_model: str
     run_name: str
-    logged_params: dict[str, Any]         # the run's params: the whole params.yaml in the stage
+    logged_params: dict[str, Any] | Section  # the run's params: the whole params.yaml in the stage
     tags: dict[str, str] = field(default_factory=dict)
     dataset_source: str = "data/interim/metadata.parquet"
 
@@ -288,16 +290,19 @@ def log_evaluation(train_dir: str | os.PathLike, summary: dict[str, Any], plots_
             mlflow.log_artifact(str(params_file))
 
 
-def register_served_model(train_dir: str | os.PathLike, predict_params: dict[str, Any],
-                          serve_params: dict[str, Any]) -> str:
+def register_served_model(train_dir: str | os.PathLike, predict_params: PredictParams | dict[str, Any],
+                          serve_params: ServeParams | dict[str, Any]) -> str:
     """Log the trained bundle as the audio-in served model (:mod:`ser.serving.pyfunc`) to the
-    training run of ``train_dir``, with the windowing and serving settings as its
-    ``model_config``, register it under the run's registered model and return the version.
-    Apart from training: a serving setting changes this, never the trained model."""
+    training run of ``train_dir``, with the windowing and serving settings (the ``predict`` and
+    ``serve`` sections) as its ``model_config``, register it under the run's registered model
+    and return the version. Apart from training: a serving setting changes this, never the
+    trained model."""
     import mlflow
 
     from ser.serving import pyfunc
 
+    predict_params = typed(PredictParams, predict_params)
+    serve_params = typed(ServeParams, serve_params)
     run = read_run_file(train_dir)
     mlflow.set_tracking_uri(run["tracking_uri"])
     with retry(lambda: mlflow.start_run(run_id=run["run_id"])):

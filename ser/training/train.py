@@ -38,6 +38,7 @@ from ser.models import MODELS, is_keras, resolve_feature_input, uses_validation
 from ser.models.bundle import SEQUENCE_INPUTS, ModelBundle, tabular_sets
 from ser.features.speaker_norm import check_speaker_norm, standardize_groups
 from ser.training.tracking import RunSettings, TrainingRun
+from ser.params import ModelParams, Params, Section, TrainParams, typed
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,16 @@ def load_augmented_inputs(folder: str | os.PathLike, feature_input: str) -> Mode
     return ModelInputs(keep, inputs.rows(keep), inputs.feature_names, [source_of[u] for u in keep])
 
 
-def load_training_inputs(features: str | os.PathLike, augmented: str | os.PathLike, model_params: dict[str, Any],
-                         train_params: dict[str, Any]) -> tuple[str, ModelInputs, ModelInputs | None]:
+def load_training_inputs(features: str | os.PathLike, augmented: str | os.PathLike,
+                         model_params: ModelParams | dict[str, Any], train_params: TrainParams | dict[str, Any],
+                         ) -> tuple[str, ModelInputs, ModelInputs | None]:
     """``(feature_input, inputs, augmented copies or None)`` that the ``model`` and ``train``
-    params name, read from the features and augment stage folders."""
-    model_type = model_params["type"]
-    feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
-    copies = load_augmented_inputs(augmented, feature_input) if train_params["use_augmented"] else None
+    sections name, read from the features and augment stage folders."""
+    model_params = typed(ModelParams, model_params)
+    train_params = typed(TrainParams, train_params)
+    model_type = model_params.type
+    feature_input = resolve_feature_input(model_type, model_params.features, model_params.of(model_type))
+    copies = load_augmented_inputs(augmented, feature_input) if train_params.use_augmented else None
     return feature_input, load_model_inputs(features, feature_input), copies
 
 
@@ -175,16 +179,22 @@ def best_epoch(history: dict[str, list]) -> int | None:
     return int(np.argmin(val_loss)) + 1
 
 
-def final_params(model_type: str, params_of_type: dict[str, Any], best_epochs: list[int]) -> dict[str, Any]:
-    """Params of the final fit: epoch-trained models run for the folds' median best epoch."""
-    params_of_type = dict(params_of_type)
+def _typed_block(model_type: str, params_of_type: Section | dict[str, Any]) -> Section:
+    """``model.<model_type>`` as its family's section (a mapping is validated)."""
+    return typed(ModelParams.model_fields[model_type].annotation, params_of_type, f"model.{model_type}")
+
+
+def final_params(model_type: str, params_of_type: Section | dict[str, Any], best_epochs: list[int]) -> Section:
+    """The ``model.<model_type>`` section of the final fit: epoch-trained models run for the
+    folds' median best epoch."""
+    params_of_type = _typed_block(model_type, params_of_type)
     if not best_epochs:
         return params_of_type
     epochs = max(1, int(round(float(np.median(best_epochs)))))
     if is_keras(model_type):
-        params_of_type["epochs"] = epochs
-    elif model_type == "mlp":
-        params_of_type["max_iter"] = epochs
+        return params_of_type.model_copy(update={"epochs": epochs})
+    if model_type == "mlp":
+        return params_of_type.model_copy(update={"max_iter": epochs})
     return params_of_type
 
 
@@ -245,10 +255,11 @@ class LabelledData:
 
 
 def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
-                  train_params: dict[str, Any], feature_input: str) -> LabelledData:
+                  train_params: TrainParams | dict[str, Any], feature_input: str) -> LabelledData:
     """Usable clips with features and a label (train.target / train.emotions), speaker-normalized
     when train.speaker_norm says so; augmented copies only when train.use_augmented (which of
     them belong to labelled clips is the folds' business: :meth:`LabelledData.keep_placed_copies`)."""
+    train_params = typed(TrainParams, train_params)
     usable = metadata[metadata["status"] == "ok"] if "status" in metadata.columns else metadata
     without_features = sorted(set(usable["utterance_id"]) - set(inputs.ids))
     if without_features:
@@ -256,19 +267,19 @@ def labelled_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelI
                     len(without_features), feature_input, ", ".join(without_features[:5]),
                     " ..." if len(without_features) > 5 else "")
     usable = usable[usable["utterance_id"].isin(inputs.position)]
-    labels, classes = make_labels(usable, train_params["target"], train_params["emotions"])
+    labels, classes = make_labels(usable, train_params.target, train_params.emotions)
     clips = usable[labels.notna().to_numpy()].reset_index(drop=True)
     label_of = dict(zip(clips["utterance_id"], labels.dropna().astype(str)))
     class_index = {c: i for i, c in enumerate(classes)}
     y = np.array([class_index[label_of[u]] for u in clips["utterance_id"]], dtype=np.int64)
     X = inputs.rows(clips["utterance_id"])
-    speaker_norm = check_speaker_norm(train_params["speaker_norm"])
+    speaker_norm = check_speaker_norm(train_params.speaker_norm)
     copies_X = augmented.X if augmented is not None else None
     if speaker_norm == "speaker":
         X, copies_X = _normalize_speakers(usable, inputs, clips, X, augmented)
     data = LabelledData(clips, classes, X, y, speaker_norm, without_features,
                         feature_names=list(inputs.feature_names) or None)
-    if train_params["use_augmented"] and augmented is not None:
+    if train_params.use_augmented and augmented is not None:
         data.copies = pd.DataFrame({"utterance_id": augmented.ids, "source_utterance_id": augmented.sources})
         data.copies_X = copies_X
     return data
@@ -304,7 +315,7 @@ class FoldResult:
     epochs: dict[str, list] = field(default_factory=dict)   # the fit's own history (per-epoch metrics)
 
 
-def fit_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str, params: dict[str, Any],
+def fit_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str, params: Params | dict[str, Any],
              run: TrainingRun) -> FoldResult:
     """:func:`score_fold`, recorded in ``run``."""
     result = score_fold(data, folds, fold, model_type, params)
@@ -318,22 +329,22 @@ def record_fold(run: TrainingRun, fold: int, result: FoldResult) -> None:
 
 
 def score_fold(data: LabelledData, folds: pd.DataFrame, fold: int, model_type: str,
-               params: dict[str, Any]) -> FoldResult:
+               params: Params | dict[str, Any]) -> FoldResult:
     """Fit on the training side of ``fold`` (minus its validation speakers), score its test side."""
-    split_params, train_params = params["split"], params["train"]
-    protocol = split_params["protocol"]
+    params = typed(Params, params)
+    split_params, train_params = params.split, params.train
     test = (folds["fold"] == fold).to_numpy()
     train_side = splits.training_mask(folds, fold)
-    fraction = float(split_params["val_speakers_fraction"]) if uses_validation(model_type) else 0.0
+    fraction = split_params.val_speakers_fraction if uses_validation(model_type) else 0.0
     validation = splits.validation_groups(folds, data.clips, train_side, fraction,
-                                          int(split_params["seed"]) + int(fold), protocol)
+                                          split_params.seed + int(fold), split_params.protocol)
     X_fit, y_fit, corpora_fit = data.training_rows(train_side & ~validation)
-    estimator = MODELS[model_type](params["model"][model_type], data.X.shape[1:], len(data.classes),
-                                   int(train_params["seed"]), feature_names=data.feature_names)
+    estimator = MODELS[model_type](params.model.of(model_type), data.X.shape[1:], len(data.classes),
+                                   train_params.seed, feature_names=data.feature_names)
     history = estimator.fit(X_fit, y_fit,
                             data.X[validation] if validation.any() else None,
                             data.y[validation] if validation.any() else None,
-                            sample_weight=sample_weights(y_fit, corpora_fit, train_params["class_weight"]))
+                            sample_weight=sample_weights(y_fit, corpora_fit, train_params.class_weight))
     probabilities = estimator.predict_proba(data.X[test])
     predicted = probabilities.argmax(axis=1)
     score = scores(data.y[test], predicted)
@@ -381,13 +392,17 @@ def one_math_thread(model_type: str):
 
 @dataclass
 class CrossValidation:
-    """One cross-validation to run: the labelled data, its folds, the model type and the params."""
+    """One cross-validation to run: the labelled data, its folds, the model type and the params
+    (a mapping is validated into :class:`ser.params.Params`)."""
 
     data: LabelledData
     folds: pd.DataFrame
     model_type: str
-    params: dict[str, Any]
+    params: Params
     feature_input: str = ""
+
+    def __post_init__(self) -> None:
+        self.params = typed(Params, self.params)
 
     @property
     def fold_ids(self) -> list[int]:
@@ -420,10 +435,10 @@ def fold_workers(workers: int, n_folds: int) -> int:
     """Folds fitted at once: ``train.workers`` (0 = every core), never more than the folds."""
     from ser.runtime.executor import cpu_count
 
-    return max(1, min(n_folds, int(workers) or cpu_count()))
+    return max(1, min(n_folds, workers or cpu_count()))
 
 
-def fit_folds(data: LabelledData, folds: pd.DataFrame, model_type: str, params: dict[str, Any],
+def fit_folds(data: LabelledData, folds: pd.DataFrame, model_type: str, params: Params | dict[str, Any],
               run: TrainingRun) -> list[FoldResult]:
     """Every fold's :func:`score_fold`, in fold order, recorded in ``run``."""
     results = cross_validate([CrossValidation(data, folds, model_type, params)])[0]
@@ -438,7 +453,7 @@ def cross_validate(jobs: list[CrossValidation]) -> list[list[FoldResult]]:
     ``train.workers`` folds at once (the first job's) in spawned processes that map the
     features from files: one pool for all of them, so no core waits for a job's last fold."""
     tasks = [(j, fold) for j, job in enumerate(jobs) for fold in job.fold_ids]
-    workers = fold_workers(jobs[0].params["train"]["workers"], len(tasks))
+    workers = fold_workers(jobs[0].params.train.workers, len(tasks))
     done: dict[tuple[int, int], FoldResult] = {}
     with tqdm(total=len(tasks), desc=f"{jobs[0].model_type} folds", unit="fold") as bar:
         if workers == 1:
@@ -489,36 +504,42 @@ def _fold_pool(jobs: list[CrossValidation], tasks: list[tuple[int, int]], worker
                     future.cancel()
 
 
-def fit_final(data: LabelledData, model_type: str, type_params: dict[str, Any], params: dict[str, Any]):
-    """The final estimator on every labelled clip (and every copy of them); returns it with its history."""
+def fit_final(data: LabelledData, model_type: str, type_params: Section | dict[str, Any],
+              params: Params | dict[str, Any]):
+    """The final estimator on every labelled clip (and every copy of them), built from
+    ``type_params`` (the ``model.<model_type>`` section of the final fit); returns it with its history."""
+    type_params = _typed_block(model_type, type_params)
+    train_params = typed(Params, params).train
     X, y, corpora = data.training_rows(np.arange(len(data.y)))
-    train_params = params["train"]
-    final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), int(train_params["seed"]),
+    final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), train_params.seed,
                                feature_names=data.feature_names)
-    history = final.fit(X, y, sample_weight=sample_weights(y, corpora, train_params["class_weight"]))
+    history = final.fit(X, y, sample_weight=sample_weights(y, corpora, train_params.class_weight))
     return final, history
 
 
 # ---- training ---------------------------------------------------------------------------------
-def folded_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any],
-                feature_input: str) -> tuple[LabelledData, pd.DataFrame]:
+def folded_data(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
+                params: Params | dict[str, Any], feature_input: str) -> tuple[LabelledData, pd.DataFrame]:
     """The labelled data and its folds (``split``), augmented copies placed with their sources:
     what every cross-validation of these params (training, a tuning trial) scores on."""
-    data = labelled_data(metadata, inputs, augmented, params["train"], feature_input)
-    folds = splits.assign_folds(data.clips, params["split"]["protocol"], int(params["split"]["n_folds"]),
-                                int(params["split"]["seed"]), labels=pd.Series([data.classes[i] for i in data.y]))
+    params = typed(Params, params)
+    split = params.split
+    data = labelled_data(metadata, inputs, augmented, params.train, feature_input)
+    folds = splits.assign_folds(data.clips, split.protocol, split.n_folds, split.seed,
+                                labels=pd.Series([data.classes[i] for i in data.y]))
     if data.copies is not None:
         data.keep_placed_copies(splits.augmented_folds(folds, data.copies))
     return data, folds
 
 
 def prepare_cross_validation(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
-                             params: dict[str, Any]) -> CrossValidation:
+                             params: Params | dict[str, Any]) -> CrossValidation:
     """The cross-validation ``params`` describe (``model.type`` on its own input), ready for
     :func:`cross_validate`."""
-    model_params = params["model"]
-    model_type = model_params["type"]
-    feature_input = resolve_feature_input(model_type, model_params["features"], model_params[model_type])
+    params = typed(Params, params)
+    model_params = params.model
+    model_type = model_params.type
+    feature_input = resolve_feature_input(model_type, model_params.features, model_params.of(model_type))
     data, folds = folded_data(metadata, inputs, augmented, params, feature_input)
     return CrossValidation(data, folds, model_type, params, feature_input)
 
@@ -538,24 +559,26 @@ class TrainResult:
     info: dict[str, Any]
 
 
-def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any],
-          out: str | os.PathLike, *, tracking: RunSettings | None = None, fit_final_model: bool = True) -> TrainResult:
+def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
+          params: Params | dict[str, Any], out: str | os.PathLike, *, tracking: RunSettings | None = None,
+          fit_final_model: bool = True) -> TrainResult:
     """Cross-validate, fit the final model, write ``out`` (see the module docstring).
 
-    ``params`` holds the sections training reads (audio, features, split, train, model);
-    ``tracking`` records the run in MLflow (None: no tracking). ``fit_final_model=False`` only
-    cross-validates (no final model, nothing written), as the benchmarks do.
+    ``params`` is the whole params file (:class:`ser.params.Params`, or its mapping); training
+    reads its audio, features, split, train and model sections. ``tracking`` records the run in
+    MLflow (None: no tracking). ``fit_final_model=False`` only cross-validates (no final model,
+    nothing written), as the benchmarks do.
     """
-    model_params = params["model"]
+    params = typed(Params, params)
     prepared = prepare_cross_validation(metadata, inputs, augmented, params)
     data, folds, model_type, feature_input = prepared.data, prepared.folds, prepared.model_type, prepared.feature_input
-    protocol = params["split"]["protocol"]
+    protocol, target = params.split.protocol, params.train.target
     run = TrainingRun(tracking, data.clips, {"model_type": model_type, "feature_input": feature_input,
                                              "protocol": protocol, "speaker_dependent": protocol == "random"},
-                      params["train"]["target"])
+                      target)
     info = {"model_type": model_type, "feature_input": feature_input, "protocol": protocol,
             "speaker_dependent": protocol == "random", "speaker_norm": data.speaker_norm,
-            "transductive": data.speaker_norm != "none", "target": params["train"]["target"],
+            "transductive": data.speaker_norm != "none", "target": target,
             "classes": data.classes, "n_clips": int(len(data.clips))}
     started = time.time()
     with run.parent():
@@ -566,21 +589,21 @@ def train(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | 
         histories = [r.history for r in results]
         if not fit_final_model:
             return TrainResult(oof, concat_histories(histories), data.classes, None, fold_scores, None, info)
-        info["temperature"] = temperature_of(oof, data.classes) if params["train"]["calibrate"] else 1.0
+        info["temperature"] = temperature_of(oof, data.classes) if params.train.calibrate else 1.0
         best_epochs = [r.best_epoch for r in results if r.best_epoch and len(r.history)]
-        type_params = final_params(model_type, model_params[model_type], best_epochs)
+        type_params = final_params(model_type, params.model.of(model_type), best_epochs)
         final, final_history = fit_final(data, model_type, type_params, params)
         histories.append(history_frame(FINAL_FOLD, final_history))
         bundle = ModelBundle(model_type=model_type, classes=data.classes, feature_input=feature_input,
-                             audio=params["audio"], features=params["features"], estimator=final,
-                             feature_names=inputs.feature_names, target=params["train"]["target"],
+                             audio=params.audio, features=params.features, estimator=final,
+                             feature_names=inputs.feature_names, target=target,
                              speaker_norm=data.speaker_norm, temperature=info["temperature"])
         n_copies = 0 if data.copies is None else int(len(data.copies))
         info.update({
             "n_augmented": n_copies, "clips_without_features": data.without_features,
             "folds": splits.describe(folds, data.clips),
             "final_model": {"trained_on": "all labelled clips" + (" + their augmented copies" if n_copies else ""),
-                            "params": type_params, "best_epochs_of_folds": best_epochs},
+                            "params": type_params.as_dict(), "best_epochs_of_folds": best_epochs},
             "train_seconds": round(time.time() - started, 1)})
         history = concat_histories(histories)
         write_outputs(Path(out), bundle, oof, history, data.classes)

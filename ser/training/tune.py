@@ -34,7 +34,6 @@ params.yaml fragment and as ``-S key=value`` overrides for ``dvc exp run``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -53,48 +52,77 @@ from ray import tune as ray_tune
 
 from ser.training.metrics import METRICS, mean_std
 from ser.models import resolve_feature_input
-from ser.params import ParamsError, flatten, validate_section
+from ser.params import (Choice, IntRange, LogUniform, Params, ParamsError, Section, TuneParams, Uniform, flatten,
+                        override, typed)
 from ser.runtime.ray_session import ray_session
 from ser.training.tracking import TrainingRun, loggable_params, retry, run_tags, use_experiment
 from ser.training.train import LabelledData, ModelInputs, fit_fold, folded_data, tensorflow_threads
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("split", "train", "model", "tune")  # what a search reads
-
-
 # ---- the space --------------------------------------------------------------------------------
+# A space is ``tune.space.<type>``: ``{key: distribution}``, each distribution a section of
+# ser.params (LogUniform, Uniform, IntRange, Choice); the functions below also take it as written.
+Space = dict[str, Section]
+DISTRIBUTIONS = {"loguniform": LogUniform, "uniform": Uniform, "int": IntRange, "choice": Choice}
+
+
+def typed_space(space: dict[str, Any], model_type: str = "<type>") -> Space:
+    """``space`` with each distribution typed (those already typed kept as they are)."""
+    distributions = {}
+    for key, spec in space.items():
+        if not isinstance(spec, Section):
+            kinds = list(spec) if isinstance(spec, dict) else []
+            if len(kinds) != 1 or kinds[0] not in DISTRIBUTIONS:
+                raise ParamsError(f"tune.space.{model_type}.{key}: one of {', '.join(DISTRIBUTIONS)} "
+                                  f"expected, got {spec!r}")
+            spec = typed(DISTRIBUTIONS[kinds[0]], spec, f"tune.space.{model_type}.{key}")
+        distributions[key] = spec
+    return distributions
+
+
+def _kind(spec: Section) -> tuple[str, Any]:
+    """A typed distribution's name in params.yaml and its bounds (or choices)."""
+    if isinstance(spec, LogUniform):
+        return "loguniform", spec.loguniform
+    if isinstance(spec, Uniform):
+        return "uniform", spec.uniform
+    if isinstance(spec, IntRange):
+        return "int", spec.bounds
+    if isinstance(spec, Choice):
+        return "choice", spec.choice
+    raise ParamsError(f"tune.space: unknown distribution {type(spec).__name__}")
+
+
 def _encode(value: Any) -> str:
     # Optuna's categorical choices must be scalars; lists (layer sizes) and null travel as JSON.
     return json.dumps(value)
 
 
-def optuna_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def optuna_space(space: Space | dict[str, Any]) -> dict[str, Any]:
     """``tune.space.<type>`` as Optuna distributions (choices JSON-encoded, ``int`` ends included)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     distributions = {}
-    for key, spec in space.items():
-        (kind, bounds), = spec.items()
-        if kind == "loguniform":
+    for key, spec in typed_space(space).items():
+        kind, bounds = _kind(spec)
+        if kind == "loguniform":  # bounds written as integers are still the ends of a real range
             distributions[key] = FloatDistribution(float(bounds[0]), float(bounds[1]), log=True)
         elif kind == "uniform":
             distributions[key] = FloatDistribution(float(bounds[0]), float(bounds[1]))
         elif kind == "int":
-            distributions[key] = IntDistribution(int(bounds[0]), int(bounds[1]))
-        elif kind == "choice":
-            distributions[key] = CategoricalDistribution([_encode(v) for v in bounds])
+            distributions[key] = IntDistribution(*bounds)
         else:
-            raise ParamsError(f"tune.space: unknown distribution {kind!r} for {key}")
+            distributions[key] = CategoricalDistribution([_encode(v) for v in bounds])
     return distributions
 
 
-def decode(config: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def decode(config: dict[str, Any], space: Space | dict[str, Any]) -> dict[str, Any]:
     """A trial's config (as Optuna drew it) -> the model params values, in the space's key order."""
     values = {}
-    for key, spec in space.items():
+    for key, spec in typed_space(space).items():
         value = config[key]
-        kind = next(iter(spec))
+        kind, _ = _kind(spec)
         if kind == "choice":
             values[key] = json.loads(value)
         elif kind == "int":
@@ -104,24 +132,24 @@ def decode(config: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str
     return values
 
 
-def with_values(params: dict[str, Any], model_type: str, values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``params`` whose ``model.<model_type>`` has ``values`` (and ``model.type`` = it)."""
-    params = copy.deepcopy(params)
-    params["model"]["type"] = model_type
-    params["model"][model_type] = {**params["model"][model_type], **values}
-    return params
+def with_values(params: Params | dict[str, Any], model_type: str, values: dict[str, Any]) -> Params:
+    """A validated copy of ``params`` whose ``model.<model_type>`` has ``values`` (and
+    ``model.type`` = it); a value the schema refuses raises ParamsError naming its dotted key."""
+    changes = {"model.type": model_type, **{f"model.{model_type}.{key}": value for key, value in values.items()}}
+    return override(typed(Params, params), changes)
 
 
-def check_space(params: dict[str, Any], model_type: str) -> dict[str, dict[str, Any]]:
+def check_space(params: Params | dict[str, Any], model_type: str) -> Space:
     """``tune.space.<model_type>``, refused before any trial runs when a value it can draw would
     not validate as ``model.<model_type>.<key>`` (e.g. a uniform draw for an integer key)."""
-    spaces = params["tune"]["space"]
+    params = typed(Params, params)
+    spaces = params.tune.space
     if model_type not in spaces or not spaces[model_type]:
         raise ParamsError(f"tune.space.{model_type}: no search space for {model_type}; add one "
                           f"(spaces exist for {', '.join(spaces) or 'no type'})")
     space = spaces[model_type]
     for key, spec in space.items():
-        (kind, bounds), = spec.items()
+        kind, bounds = _kind(spec)
         if kind == "choice":
             probes = list(bounds)
         elif kind == "loguniform":
@@ -129,22 +157,24 @@ def check_space(params: dict[str, Any], model_type: str) -> dict[str, dict[str, 
         elif kind == "uniform":
             probes = [bounds[0], bounds[1], (bounds[0] + bounds[1]) / 2 + 1e-3 * (bounds[1] - bounds[0])]
         else:
-            probes = [int(bounds[0]), int(bounds[1])]
+            probes = list(bounds)
         for probe in probes:
             try:
-                validate_section("model", with_values(params, model_type, {key: probe})["model"])
+                with_values(params, model_type, {key: probe})
             except ParamsError as exc:
                 raise ParamsError(f"tune.space.{model_type}.{key}: {kind} can draw {probe!r}, which "
                                   f"model.{model_type}.{key} does not accept ({exc})") from None
     return space
 
 
-def current_point(params: dict[str, Any], model_type: str, space: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def current_point(params: Params | dict[str, Any], model_type: str,
+                  space: Space | dict[str, Any]) -> dict[str, Any] | None:
     """The params.yaml values of the searched keys as a point of the space (None if one is outside)."""
+    block = typed(Params, params).model.of(model_type)
     point = {}
-    for key, spec in space.items():
-        (kind, bounds), = spec.items()
-        value = params["model"][model_type][key]
+    for key, spec in typed_space(space, model_type).items():
+        kind, bounds = _kind(spec)
+        value = getattr(block, key)
         if kind == "choice":
             matches = [_encode(v) for v in bounds if v == value and type(v) is type(value)]
             if not matches:
@@ -152,24 +182,24 @@ def current_point(params: dict[str, Any], model_type: str, space: dict[str, dict
             point[key] = matches[0]
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not bounds[0] <= value <= bounds[1]:
             return _outside(model_type, key, value, spec)
-        else:
+        else:  # the point in the distribution's own type (a real range may hold an integer value)
             point[key] = int(value) if kind == "int" else float(value)
     return point
 
 
-def _outside(model_type: str, key: str, value: Any, spec: dict[str, Any]) -> None:
+def _outside(model_type: str, key: str, value: Any, spec: Section) -> None:
     log.warning("tune.include_current: model.%s.%s = %r is outside its space %s; no trial of the current values",
-                model_type, key, value, spec)
+                model_type, key, value, spec.as_dict())
     return None
 
 
 # ---- one trial (runs on a Ray worker) -----------------------------------------------------------
-def run_trial(config: dict[str, Any], *, data: LabelledData, folds: pd.DataFrame, params: dict[str, Any],
-              model_type: str, space: dict[str, dict[str, Any]], cpus: int) -> None:
+def run_trial(config: dict[str, Any], *, data: LabelledData, folds: pd.DataFrame, params: Params | dict[str, Any],
+              model_type: str, space: Space | dict[str, Any], cpus: int) -> None:
     """Cross-validate one configuration, reporting the running fold means after every fold."""
     tensorflow_threads(model_type, cpus)  # the trial's share of the cores, not the machine's
     trial_params = with_values(params, model_type, decode(config, space))
-    untracked = TrainingRun(None, data.clips, {}, trial_params["train"]["target"])
+    untracked = TrainingRun(None, data.clips, {}, trial_params.train.target)
     done: list[dict[str, float]] = []
     for fold in sorted(folds["fold"].unique()):
         result = fit_fold(data, folds, fold, model_type, trial_params, untracked)
@@ -205,19 +235,19 @@ class SearchTracking:
     """Where and how the search is recorded in MLflow (built by the entry point)."""
 
     uri: str
-    logged_params: dict[str, Any]    # the parent run's params: the whole params.yaml in ``ser tune``
+    logged_params: dict[str, Any] | Section  # the parent run's params: the whole params.yaml in ``ser tune``
     tags: dict[str, str] = field(default_factory=dict)
 
 
 class Recorder(ray_tune.Callback):
     """Driver side of the trials: their records, the MLflow runs and the progress bar."""
 
-    def __init__(self, model_type: str, space: dict[str, dict[str, Any]], n_folds: int, num_samples: int,
+    def __init__(self, model_type: str, space: Space | dict[str, Any], n_folds: int, num_samples: int,
                  metric: str, client=None, parent_run_id: str | None = None, experiment_id: str | None = None,
                  progress: bool = True):
         from tqdm.auto import tqdm
 
-        self.model_type, self.space, self.n_folds, self.metric = model_type, space, n_folds, metric
+        self.model_type, self.space, self.n_folds, self.metric = model_type, typed_space(space, model_type), n_folds, metric
         self.client, self.parent_run_id, self.experiment_id = client, parent_run_id, experiment_id
         self.records: dict[str, TrialRecord] = {}
         self.bar = tqdm(total=num_samples * n_folds, desc=f"tune {model_type}", unit="fold", disable=not progress,
@@ -281,10 +311,10 @@ class Recorder(ray_tune.Callback):
         self.bar.close()
 
 
-def _mlflow_params(flat: dict[str, Any]):
+def _mlflow_params(params: dict[str, Any] | Section):
     from mlflow.entities import Param
 
-    return [Param(key, value) for key, value in loggable_params(flat).items()]
+    return [Param(key, value) for key, value in loggable_params(params).items()]
 
 
 def best_record(records: list[TrialRecord], metric: str, n_folds: int) -> TrialRecord | None:
@@ -381,28 +411,31 @@ class SearchResult:
     seconds: float
 
 
-def search(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None, params: dict[str, Any], *,
-           ray_dir: str | os.PathLike, address: str | None = None, tracking: SearchTracking | None = None,
-           progress: bool = True) -> SearchResult:
-    """Run the search ``params["tune"]`` describes on the model ``tune.model_type`` (null:
-    ``model.type``). ``params`` holds the split, train, model and tune sections; ``ray_dir`` is
-    where Tune keeps its trial logs and state; ``address`` a Ray cluster (None: a local Ray);
-    ``tracking`` records the search in MLflow (None: not recorded)."""
-    settings = params["tune"]
-    model_type = settings["model_type"] or params["model"]["type"]
+def search(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs | None,
+           params: Params | dict[str, Any], *, ray_dir: str | os.PathLike, address: str | None = None,
+           tracking: SearchTracking | None = None, progress: bool = True) -> SearchResult:
+    """Run the search the ``tune`` section describes on the model ``tune.model_type`` (null:
+    ``model.type``). ``params`` is the whole params file (:class:`ser.params.Params`, or its
+    mapping; the search reads split, train, model and tune); ``ray_dir`` is where Tune keeps its
+    trial logs and state; ``address`` a Ray cluster (None: a local Ray); ``tracking`` records
+    the search in MLflow (None: not recorded)."""
+    params = typed(Params, params)
+    settings = params.tune
+    model_type = settings.model_type or params.model.type
     space = check_space(params, model_type)
-    params = with_values({name: params[name] for name in SECTIONS}, model_type, {})
-    feature_input = resolve_feature_input(model_type, params["model"]["features"], params["model"][model_type])
+    params = with_values(params, model_type, {})
+    model_params = params.model
+    feature_input = resolve_feature_input(model_type, model_params.features, model_params.of(model_type))
     data, folds = folded_data(metadata, inputs, augmented, params, feature_input)
-    n_folds, metric = int(folds["fold"].nunique()), settings["metric"]
-    protocol = params["split"]["protocol"]
-    current = current_point(params, model_type, space) if settings["include_current"] else None
+    n_folds, metric = int(folds["fold"].nunique()), settings.metric
+    protocol = params.split.protocol
+    current = current_point(params, model_type, space) if settings.include_current else None
 
     client = parent_run_id = experiment_id = None
     if tracking is not None:
         from mlflow import MlflowClient
 
-        experiment_id = use_experiment(tracking.uri, settings["experiment"])
+        experiment_id = use_experiment(tracking.uri, settings.experiment)
         client = MlflowClient(tracking_uri=tracking.uri)
         tags = run_tags(data.clips, {**tracking.tags, "kind": "tune", "model_type": model_type,
                                      "feature_input": feature_input, "protocol": protocol,
@@ -412,11 +445,11 @@ def search(metadata: pd.DataFrame, inputs: ModelInputs, augmented: ModelInputs |
         retry(lambda: client.log_batch(parent_run_id, params=_mlflow_params(tracking.logged_params)))
 
     started = time.time()
-    recorder = Recorder(model_type, space, n_folds, int(settings["num_samples"]), metric, client, parent_run_id,
+    recorder = Recorder(model_type, space, n_folds, settings.num_samples, metric, client, parent_run_id,
                         experiment_id, progress)
     outcome = "FAILED"
     try:
-        with ray_session(address, int(settings["num_cpus"]), ship_code=True, quiet=True) as where:
+        with ray_session(address, settings.num_cpus, ship_code=True, quiet=True) as where:
             _fit(data, folds, params, model_type, space, settings, current, n_folds, recorder, Path(ray_dir))
         trials = sorted(recorder.records.values(), key=lambda r: r.index)
         best = best_record(trials, metric, n_folds)
@@ -451,25 +484,25 @@ def _metrics(values: dict[str, float]):
     return [Metric(key, float(value), now, 0) for key, value in values.items()]
 
 
-def _fit(data: LabelledData, folds: pd.DataFrame, params: dict[str, Any], model_type: str,
-         space: dict[str, dict[str, Any]], settings: dict[str, Any], current: dict[str, Any] | None, n_folds: int,
-         recorder: Recorder, ray_dir: Path) -> None:
+def _fit(data: LabelledData, folds: pd.DataFrame, params: Params, model_type: str, space: Space,
+         settings: TuneParams, current: dict[str, Any] | None, n_folds: int, recorder: Recorder,
+         ray_dir: Path) -> None:
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    reported = f"cv_{settings['metric']}_mean"
-    sampler = optuna.samplers.TPESampler(seed=int(settings["seed"]), n_startup_trials=int(settings["startup_trials"]))
+    reported = f"cv_{settings.metric}_mean"
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials)
     searcher = OptunaSearch(optuna_space(space), metric=reported, mode="max", sampler=sampler,
                             points_to_evaluate=[current] if current else None)
-    if settings["scheduler"] == "asha":
+    if settings.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=reported, mode="max", max_t=n_folds,
-                                  grace_period=int(settings["asha"]["grace_period"]),
-                                  reduction_factor=int(settings["asha"]["reduction_factor"]))
+                                  grace_period=settings.asha.grace_period,
+                                  reduction_factor=settings.asha.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    cpus = int(settings["cpus_per_trial"])
+    cpus = settings.cpus_per_trial
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data=data, folds=folds, params=params, model_type=model_type,
                                  space=space, cpus=cpus), {"cpu": cpus})
@@ -477,8 +510,8 @@ def _fit(data: LabelledData, folds: pd.DataFrame, params: dict[str, Any], model_
     tuner = ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=int(settings["num_samples"]),
-                                        max_concurrent_trials=int(settings["max_concurrent"])),
+                                        num_samples=settings.num_samples,
+                                        max_concurrent_trials=settings.max_concurrent),
         run_config=ray_tune.RunConfig(name=f"{model_type}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(ray_dir.resolve()), callbacks=[recorder], verbose=0,
                                       failure_config=ray_tune.FailureConfig(max_failures=0)))
