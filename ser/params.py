@@ -18,11 +18,13 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 def _number(value: Any) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -59,14 +61,78 @@ class DownloadParams(Section):
     strict: bool
 
 
+BuiltinCorpus = Literal["ravdess", "tess", "cremad", "savee", "emodb", "emovo", "eyase"]
+# The one taxonomy (``ser.data.corpora.base.CANONICAL_EMOTIONS``; a test keeps the two equal).
+Emotion = Literal["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom"]
+# A user corpus's name becomes a folder (data/raw/<name>/) and the prefix of its ids and speakers.
+CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class CustomCorpusParams(Section):
+    """A user's labelled recordings (``data.custom.<name>``): a CSV manifest or a folder tree."""
+    manifest: Optional[str]            # CSV: path, emotion, speaker[, gender, language]; paths relative to it
+    root: Optional[str]                # folder-per-emotion tree: <root>/<label>/[<speaker>/]<files>
+    speaker_pattern: Optional[str]     # folder tree: regex on the file stem (group 'speaker', else group 1)
+    emotions: dict[str, Optional[Emotion]]  # their label -> canonical emotion; null excludes the label
+    language: str                      # ISO 639-1, for rows that do not say
+
+    @model_validator(mode="after")
+    def _layout(self):
+        problems = []
+        if (self.manifest is None) == (self.root is None):
+            problems.append("give exactly one of manifest (a CSV) or root (a folder per emotion)")
+        if self.speaker_pattern is not None:
+            if self.manifest is not None:
+                problems.append("speaker_pattern applies to a folder tree; a manifest names speakers in its "
+                                "speaker column")
+            try:
+                re.compile(self.speaker_pattern)
+            except re.error as exc:
+                problems.append(f"speaker_pattern {self.speaker_pattern!r} is not a regular expression ({exc})")
+        if not self.emotions:
+            problems.append("emotions maps none of your labels")
+        if not re.fullmatch(r"[a-z]{2}", self.language):
+            problems.append(f"language {self.language!r} is not an ISO 639-1 code (two lower-case letters)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class DataParams(Section):
-    corpora: list[Literal["ravdess", "tess", "cremad", "savee", "emodb", "emovo", "eyase"]]
+    corpora: list[str]                 # built-in names (BuiltinCorpus) and names declared under custom
+    custom: dict[str, CustomCorpusParams]
     min_duration_s: Number
     silence_peak: Number
     workers: int
     executor: Literal["process", "serial", "ray"]
     ray_address: Optional[str]
     download: DownloadParams
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_names(cls, custom: dict[str, CustomCorpusParams]) -> dict[str, CustomCorpusParams]:
+        for name in custom:
+            if name in get_args(BuiltinCorpus):
+                raise ValueError(f"{name!r} is a built-in corpus; give your corpus another name")
+            if not CUSTOM_NAME.match(name):
+                raise ValueError(f"{name!r}: a corpus name is lower-case letters, digits and _ "
+                                 "(it names data/raw/<name>/ and prefixes ids and speakers)")
+        return custom
+
+    @model_validator(mode="after")
+    def _known_corpora(self):
+        """Each selected corpus is built in or declared; the error names the list entry."""
+        known = get_args(BuiltinCorpus)
+        unknown = [InitErrorDetails(
+            type=PydanticCustomError(
+                "unknown_corpus", "'{name}' is neither a built-in corpus ({builtin}) nor declared under "
+                "data.custom ({custom})",
+                {"name": name, "builtin": ", ".join(known), "custom": ", ".join(self.custom) or "none declared"}),
+            loc=("corpora", index), input=name)
+            for index, name in enumerate(self.corpora) if name not in known and name not in self.custom]
+        if unknown:
+            raise ValidationError.from_exception_data(type(self).__name__, unknown)
+        return self
 
 
 class AudioParams(Section):

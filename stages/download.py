@@ -1,7 +1,8 @@
 """Stage download: obtain the corpora of params.yaml ``data.corpora`` into --out.
 
 Each corpus comes from $SER_DATA_MIRROR/<corpus>/ when present, else from its official source,
-and is verified and listed in <out>/<corpus>/manifest.csv.
+and is verified and listed in <out>/<corpus>/manifest.csv. A corpus of data.custom is copied from
+its manifest or folder tree (paths relative to the repo root), with its labels in labels.csv.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ser.project import load_params
+from ser.project import load_params, repo_root
+from ser.data.custom import CustomCorpusError
 from ser.data.download import DownloadError, DownloadSettings, mirror_root, obtain
 
 
@@ -25,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = DownloadSettings.from_params(data.download)
     print(f"mirror: {mirror_root() or 'none (SER_DATA_MIRROR unset)'}")
     try:
-        reports = obtain(data.corpora, args.out, settings=settings)
-    except DownloadError as exc:
+        reports = obtain(data.corpora, args.out, settings=settings, custom=data.custom, base=repo_root())
+    except (DownloadError, CustomCorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for report in reports:

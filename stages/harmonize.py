@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ser.project import load_params, repo_root
+from ser.data.custom import CustomCorpusError
 from ser.data.harmonize import run
 
 
@@ -17,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, required=True, help="per-corpus summary (metrics JSON)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    frame, summary = run(args.raw, args.out, args.summary, load_params(args.params).data, root=repo_root())
+    try:
+        frame, summary = run(args.raw, args.out, args.summary, load_params(args.params).data, root=repo_root())
+    except (CustomCorpusError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for corpus, numbers in summary.items():
         print(f"{corpus}: {numbers['clips']} clips, {numbers['ok']} ok, {numbers['quarantined']} quarantined, "
               f"{numbers['speakers']} speakers ({numbers['female_speakers']} f / {numbers['male_speakers']} m), "

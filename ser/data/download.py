@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +25,7 @@ import requests
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from ser.data import custom as user_corpora
 from ser.data.corpora import CORPORA, get_corpus
 from ser.data.corpora.base import Corpus, FileNameError, Source, is_audio
 from ser.data.fetch import (
@@ -39,7 +40,7 @@ from ser.data.fetch import (
     safe_extract,
     unsafe_reason,
 )
-from ser.params import DownloadParams, typed
+from ser.params import CustomCorpusParams, DownloadParams, typed
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class Verification:
     unreadable: list[str] = field(default_factory=list)
     duplicate_names: list[str] = field(default_factory=list)
     known_absent: list[str] = field(default_factory=list)
+    # A user corpus's listed files that do not exist: quarantined, never fatal.
+    listed_absent: list[str] = field(default_factory=list)
     problems_by_path: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -134,6 +137,9 @@ class Verification:
         if self.unreadable:
             notes.append(f"{self.corpus}: {len(self.unreadable)} audio file(s) are unreadable and will be "
                          f"quarantined: " + "; ".join(self.unreadable[:SHOWN_NAMES]))
+        if self.listed_absent:
+            notes.append(f"{self.corpus}: {len(self.listed_absent)} listed file(s) do not exist and will be "
+                         f"quarantined as missing: " + "; ".join(self.listed_absent[:SHOWN_NAMES]))
         if self.duplicate_names:
             notes.append(f"{self.corpus}: clip names occurring twice: " + ", ".join(self.duplicate_names[:SHOWN_NAMES]))
         if self.clips > self.expected:
@@ -238,7 +244,7 @@ def mirror_root(mirror: str | os.PathLike | None = None) -> Path | None:
 @dataclass
 class CorpusReport:
     corpus: str
-    action: str  # kept | mirror | downloaded
+    action: str  # kept | mirror | downloaded | copied (a user corpus)
     origin: str
     verification: Verification
 
@@ -381,6 +387,78 @@ def obtain_corpus(name: str, out: str | os.PathLike, *, settings: DownloadSettin
     return CorpusReport(name, action, origin, verification)
 
 
+def verify_custom(name: str, folder: str | os.PathLike,
+                  entries: Sequence[user_corpora.Declared]) -> Verification:
+    """A user corpus's copy: listed files that are absent, that break the speaker pattern, or
+    whose header cannot be read, each with the reason it will be quarantined."""
+    folder = Path(folder)
+    result = Verification(name, folder, expected=len(entries))
+    present = set()
+    for entry in entries:
+        path = folder / entry.path
+        if entry.problem:
+            result.unparseable.append(f"{entry.origin}: {entry.problem}")
+            result.problems_by_path.setdefault(entry.path, entry.problem)
+        if not path.is_file():
+            result.listed_absent.append(f"{entry.origin}: {entry.path}")
+            continue
+        if entry.path in present:
+            continue
+        present.add(entry.path)
+        try:
+            sf.info(str(path))
+        except Exception as exc:  # libsndfile raises several types for unreadable headers
+            message = f"{entry.path}: unreadable audio ({type(exc).__name__}: {exc})"
+            result.unreadable.append(message)
+            result.problems_by_path[entry.path] = message
+    result.clips = len(present)
+    return result
+
+
+def _custom_copy_is_current(target: Path, entries: Sequence[user_corpora.Declared]) -> bool:
+    """``target`` holds exactly these labels and byte-equal copies of the files present now."""
+    if not (target / MANIFEST_NAME).is_file() or not user_corpora.is_custom_folder(target):
+        return False
+    if (target / user_corpora.LABELS_NAME).read_text(encoding="utf-8") != user_corpora.labels_text(entries):
+        return False
+    if manifest_mismatches(target):
+        return False
+    listed = {row["path"]: row for row in read_manifest(target) if row["path"] != user_corpora.LABELS_NAME}
+    present = {e.path: e.source for e in entries if e.source is not None and e.source.is_file()}
+    return set(listed) == set(present) and all(
+        source.stat().st_size == int(listed[key]["size"]) and file_digest(source) == listed[key]["sha256"]
+        for key, source in present.items())
+
+
+def obtain_custom(name: str, entries: Sequence[user_corpora.Declared], out: str | os.PathLike, *,
+                  origin: str) -> CorpusReport:
+    """Copy a user corpus's declared files (``ser.data.custom.declared_files``) into
+    ``<out>/<name>/`` with its label table and manifest; files that do not exist are listed
+    there, to be quarantined as missing."""
+    out = Path(out)
+    target = out / name
+    if _custom_copy_is_current(target, entries):
+        return CorpusReport(name, "kept", str(target), verify_custom(name, target, entries))
+    staging = out / f".staging-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        present = {e.path: e.source for e in entries if e.source is not None and e.source.is_file()}
+        for relative, source in tqdm(sorted(present.items()), desc=f"copy {name}", unit="file", leave=False):
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)  # a copy: the user's folder stays theirs
+        user_corpora.write_labels(staging, entries)
+        verification = verify_custom(name, staging, entries)
+        write_manifest(staging, verification.problems_by_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _replace_folder(staging, target)
+    verification.folder = target
+    return CorpusReport(name, "copied", origin, verification)
+
+
 def _replace_folder(new: Path, target: Path) -> None:
     old = target.with_name(f".old-{target.name}")
     shutil.rmtree(old, ignore_errors=True)
@@ -398,7 +476,8 @@ def remove_unselected(out: str | os.PathLike, selected: Iterable[str]) -> list[s
         return removed
     for entry in sorted(out.iterdir()):
         leftover = entry.name.startswith((".staging-", ".old-"))
-        if entry.is_dir() and (leftover or (entry.name in CORPORA and entry.name not in selected)):
+        ours = entry.name in CORPORA or user_corpora.is_custom_folder(entry)
+        if entry.is_dir() and (leftover or (ours and entry.name not in selected)):
             shutil.rmtree(entry)
             removed.append(entry.name)
     return removed
@@ -406,12 +485,20 @@ def remove_unselected(out: str | os.PathLike, selected: Iterable[str]) -> list[s
 
 def obtain(corpora: Sequence[str], out: str | os.PathLike, *, settings: DownloadSettings,
            mirror: str | os.PathLike | None = None, sources: dict[str, Source] | None = None,
-           ) -> list[CorpusReport]:
-    """Obtain every selected corpus into ``out``; one error at the end lists every failure."""
+           custom: Mapping[str, CustomCorpusParams | dict[str, Any]] | None = None,
+           base: str | os.PathLike = ".") -> list[CorpusReport]:
+    """Obtain every selected corpus into ``out``; one error at the end lists every failure.
+
+    ``custom`` is ``data.custom`` (user corpora by name, their relative paths taken from
+    ``base``, the repo root); each one selected is read and checked before anything is fetched.
+    """
+    custom = {name: user_corpora.spec_of(name, spec) for name, spec in (custom or {}).items()}
     for name in corpora:
-        get_corpus(name)
+        if name not in custom:
+            get_corpus(name)
     if len(set(corpora)) != len(corpora):
         raise ValueError(f"data.corpora lists a corpus twice: {list(corpora)}")
+    declared = {name: user_corpora.declared_files(name, custom[name], base) for name in corpora if name in custom}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     removed = remove_unselected(out, corpora)
@@ -420,6 +507,10 @@ def obtain(corpora: Sequence[str], out: str | os.PathLike, *, settings: Download
     reports, failures = [], []
     for name in corpora:
         try:
+            if name in declared:
+                reports.append(obtain_custom(name, declared[name], out,
+                                             origin=user_corpora.origin_of(name, custom[name], base)))
+                continue
             reports.append(obtain_corpus(name, out, settings=settings, mirror=mirror,
                                          source=(sources or {}).get(name)))
         except DownloadError as exc:

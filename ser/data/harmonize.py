@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ser.audio import AudioError, decode
+from ser.data import custom
 from ser.data.corpora import get_corpus
 from ser.data.corpora.base import FileNameError, is_audio
 from ser.runtime import make_executor
@@ -127,7 +128,9 @@ def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: DataParams
               root: str | os.PathLike, executor: Executor | None = None) -> pd.DataFrame:
     """The metadata table of ``corpora`` under ``raw`` (``params`` is the ``data:`` section).
 
-    ``path`` is written relative to ``root`` (the repository root).
+    ``path`` is written relative to ``root`` (the repository root). A corpus declared under
+    ``data.custom`` is read from the label table the download stage wrote next to its files;
+    every corpus's labels are read and checked before any clip is probed.
     """
     params = typed(DataParams, params)
     raw = Path(raw).resolve()
@@ -138,7 +141,10 @@ def harmonize(raw: str | os.PathLike, corpora: Sequence[str], params: DataParams
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: corpus '{corpus}' is selected but absent; run the "
                                     "download stage first (dvc repro download)")
-        corpus_rows = label_rows(corpus, folder, root)
+        if corpus in params.custom:
+            corpus_rows = custom.label_rows(corpus, params.custom[corpus], folder, root)
+        else:
+            corpus_rows = label_rows(corpus, folder, root)
         if not corpus_rows:
             raise FileNotFoundError(f"{folder}: corpus '{corpus}' holds no audio files")
         rows.extend(corpus_rows)

@@ -37,8 +37,9 @@ METADATA_SCHEMA = pa.schema([
     pa.field("problem", pa.string()),
 ])
 COLUMNS: tuple[str, ...] = tuple(METADATA_SCHEMA.names)
-# Required on every ok row: what training and splitting rely on.
-REQUIRED_WHEN_OK = ("speaker", "gender", "emotion", "emotion_raw", "intensity", "statement",
+# Required on every ok row: what training and splitting rely on. Gender may be unknown (a user
+# corpus whose manifest does not say): target gender leaves those clips out, splits deal them apart.
+REQUIRED_WHEN_OK = ("speaker", "emotion", "emotion_raw", "intensity", "statement",
                     "sample_rate", "channels", "duration_s", "pcm_sha256")
 
 
