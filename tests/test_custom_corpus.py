@@ -23,10 +23,12 @@ from ser.data.custom import LABELS_NAME, CustomCorpusError, declared_files
 from ser.data.download import DownloadSettings, obtain
 from ser.data.harmonize import harmonize, summarize
 from ser.data.metadata import read_metadata, write_metadata
-from ser.params import BuiltinCorpus, Emotion, ParamsError, validate
+from ser.features import compute_features
+from ser.params import BuiltinCorpus, Emotion, ParamsError, override, validate
 from ser.runtime import make_executor
 from ser.training.splits import assign_folds
-from tests.params_support import PARAMS, section
+from ser.training.train import load_model_inputs, train
+from tests.params_support import PARAMS, section, typed_params
 
 REPO = Path(__file__).resolve().parent.parent
 SERIAL = make_executor("serial")
@@ -254,21 +256,31 @@ def test_one_speaker_per_folder_when_no_pattern(project, tmp_path, real_mirror):
     assert [e.speaker for e in declared_files("one", tree_spec(str(flat), pattern=None), root)] == ["one_voice"]
 
 
-def test_a_user_corpus_mixes_with_a_built_in_one_and_speaker_folds_work(project, tmp_path, real_mirror):
+MIXED = ["savee", "mycsv", "mytree"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, project, real_mirror):
+    """The two user corpora beside the built-in SAVEE (16 clips from a mirror, flat names, the
+    same recordings the manifest corpus copies in part), downloaded and harmonized in one run."""
     root, _, _ = project
-    mirror = tmp_path / "mirror"
+    work = tmp_path_factory.mktemp("mixed")
+    mirror = work / "mirror"
     (mirror / "savee").mkdir(parents=True)
-    # The built-in SAVEE (a few clips, flat names) and the user's copies of the same clips.
     for speaker in ("DC", "JE", "JK", "KL"):
         for code in ("a", "h", "sa", "n"):
             shutil.copy(real_mirror / "savee" / "AudioData" / speaker / f"{code}01.flac",
                         mirror / "savee" / f"{speaker}_{code}01.flac")
-    raw = tmp_path / "raw"
     custom = {"mycsv": csv_spec(), "mytree": tree_spec()}
-    corpora = ["savee", "mycsv", "mytree"]
-    reports = obtain(corpora, raw, settings=SETTINGS, mirror=mirror, custom=custom, base=root)
+    reports = obtain(MIXED, work / "data" / "raw", settings=SETTINGS, mirror=mirror, custom=custom, base=root)
+    frame = harmonize(work / "data" / "raw", MIXED, data_params(MIXED, custom), root=work, executor=SERIAL)
+    return work, mirror, custom, reports, frame
+
+
+def test_a_user_corpus_mixes_with_a_built_in_one_and_speaker_folds_work(project, mixed, tmp_path):
+    root, _, _ = project
+    work, mirror, custom, reports, frame = mixed
     assert [(r.corpus, r.action) for r in reports] == [("savee", "mirror"), ("mycsv", "copied"), ("mytree", "copied")]
-    frame = harmonize(raw, corpora, data_params(corpora, custom), root=tmp_path, executor=SERIAL)
     ok = frame[frame["status"] == "ok"]
     assert ok["corpus"].value_counts().to_dict() == {"mycsv": 18, "savee": 16, "mytree": 16}
     speakers = ok.groupby("corpus")["speaker"].agg(lambda s: sorted(set(s))).to_dict()
@@ -281,8 +293,31 @@ def test_a_user_corpus_mixes_with_a_built_in_one_and_speaker_folds_work(project,
     assert (folds.groupby("speaker")["fold"].nunique() == 1).all()
     assert (folds.groupby("group")["fold"].nunique() == 1).all()
     # Dropping a user corpus from data.corpora removes its copy at the next download.
-    obtain(["savee", "mycsv"], raw, settings=SETTINGS, mirror=mirror, custom=custom, base=root)
+    raw = tmp_path / "raw"
+    shutil.copytree(work / "data" / "raw", raw)
+    again = obtain(["savee", "mycsv"], raw, settings=SETTINGS, mirror=mirror, custom=custom, base=root)
+    assert [(r.corpus, r.action) for r in again] == [("savee", "kept"), ("mycsv", "kept")]
     assert sorted(p.name for p in raw.iterdir()) == ["mycsv", "savee"]
+
+
+def test_the_mixed_table_feeds_the_features_and_the_speaker_independent_training(mixed, tmp_path):
+    """Downstream stages take the user corpora like any other: features from data/raw/<name>/,
+    then cross-validation by speaker (unknown genders included)."""
+    work, _, _, _, frame = mixed
+    params = typed_params(features={"sets": ["functionals"], "executor": "serial", "workers": 1},
+                          split={"protocol": "speaker_kfold", "n_folds": 3, "val_speakers_fraction": 0.2, "seed": 1},
+                          train={**PARAMS["train"], "use_augmented": False, "workers": 1})
+    params = override(params, {"model.type": "logreg", "model.logreg.input": "functionals"})
+    summary = compute_features(frame, tmp_path / "features", params.audio, params.features, root=work,
+                               cache_dir=tmp_path / "cache", progress=False)
+    assert (summary["clips"], summary["failed"]) == (50, 0)
+    result = train(frame, load_model_inputs(tmp_path / "features", "functionals"), None, params,
+                   tmp_path / "train", fit_final_model=False)
+    ok = frame[frame["status"] == "ok"].set_index("utterance_id")
+    assert sorted(result.oof["utterance_id"]) == sorted(ok.index)
+    by_speaker = result.oof.assign(speaker=ok.loc[result.oof["utterance_id"], "speaker"].values)
+    assert (by_speaker.groupby("speaker")["fold"].nunique() == 1).all()
+    assert result.classes == ["angry", "happy", "neutral", "sad"]
 
 
 def test_params_name_what_is_wrong_with_a_declaration():
