@@ -115,13 +115,34 @@ def trim_silence(y: np.ndarray, sample_rate: int, top_db: float) -> np.ndarray:
     silence, is returned unchanged rather than emptied.
     """
     y = np.asarray(y, dtype=np.float32)
+    start, stop = trim_span(y, sample_rate, top_db)
+    return y if (start, stop) == (0, y.size) else y[start:stop]
+
+
+def trim_span(y: np.ndarray, sample_rate: int, top_db: float) -> tuple[int, int]:
+    """``(start, stop)``: the samples :func:`trim_silence` keeps (all of them when it keeps the clip whole)."""
     frame, hop = _envelope_sizes(sample_rate)
     if y.size < frame:
-        return y
+        return 0, y.size
     loud = _loud_frames(_frame_energy(_frames(y, frame, hop)), top_db)
     if loud is None:
-        return y
-    return y[loud[0] * hop:min(y.size, loud[1] * hop + frame)]
+        return 0, y.size
+    return loud[0] * hop, min(y.size, loud[1] * hop + frame)
+
+
+def envelope_sizes(sample_rate: int) -> tuple[int, int]:
+    """Frame and hop (samples) of the energy envelope that trims clips and finds speech segments."""
+    return _envelope_sizes(sample_rate)
+
+
+def frame_energies(blocks: Iterable[np.ndarray], sample_rate: int) -> np.ndarray:
+    """Mean square of each envelope frame (:func:`envelope_sizes`) of a signal arriving in blocks.
+
+    One float per hop (100 a second) is kept, not the signal: a ten-minute recording's envelope
+    is half a megabyte."""
+    frame, hop = _envelope_sizes(sample_rate)
+    parts = [_frame_energy(framed) for framed in _envelope_frames(blocks, frame, hop)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
 
 
 def _envelope_sizes(sample_rate: int) -> tuple[int, int]:

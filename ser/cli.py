@@ -1,6 +1,6 @@
 """The ``ser`` command: ``ser predict PATH...``, ``ser serve``, ``ser promote`` and ``ser tune``.
 
-    ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv]
+    ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv] [--timeline]
     ser serve --port 8000 [--model URI|FOLDER] [--workers N] [--max-queue N] [--timeout-s S]
     ser promote VERSION
     ser tune [--model-type T] [--num-samples N] [--max-concurrent N] [--address HOST:PORT]
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--windows", action="store_true",
                          help="table/csv: also print each window of long recordings")
+    predict.add_argument("--timeline", action="store_true",
+                         help="each recording's speech segments, each with its emotion, start and end "
+                              "(segmentation: predict.segments)")
     predict.add_argument("--window-s", type=float, default=None, help="window length (default: predict.window_s)")
     predict.add_argument("--hop-s", type=float, default=None, help="window hop (default: predict.hop_s)")
     predict.add_argument("--min-confidence", type=float, default=None, metavar="P",
@@ -102,6 +105,7 @@ def _load(model: str | None, params: Params, window_s: float | None = None, hop_
     predictor.hop_s = predict.hop_s if hop_s is None else hop_s
     threshold = predict.min_confidence if min_confidence is None else min_confidence
     predictor.min_confidence = threshold or None
+    predictor.segments = predict.segments
     predictor.use_threads(os.cpu_count() or 1)  # one process, one file at a time: every core for the encoder
     return predictor, description
 
@@ -153,14 +157,82 @@ def write_csv(predictions, classes: Sequence[str], windows: bool, out) -> None:
                                  *(f"{window.probabilities[c]:.6f}" for c in classes), ""])
 
 
+def write_timeline_table(results, classes: Sequence[str], out) -> None:
+    label_width = max(len("label"), *(len(c) for c in classes))
+    for result in results:
+        if not result.ok:
+            print(f"{result.source}  ERROR: {result.error}", file=out)
+            continue
+        timeline = result.timeline
+        count = len(timeline.segments)
+        print(f"{result.source}  ({timeline.duration_s:.2f} s, {count} speech segment{'' if count == 1 else 's'})",
+              file=out)
+        if timeline.segments:
+            print(f"  {'start_s':>8}  {'end_s':>8}  {'label':<{label_width}}  "
+                  + "  ".join(f"{c:>7}" for c in classes), file=out)
+        for segment in timeline.segments:
+            cells = "  ".join(f"{_percent(segment.probabilities[c]):>{max(7, len(c))}}" for c in classes)
+            print(f"  {segment.start_s:8.2f}  {segment.end_s:8.2f}  {segment.label:<{label_width}}  {cells}", file=out)
+
+
+def write_timeline_csv(results, classes: Sequence[str], out) -> None:
+    writer = csv.writer(out)
+    writer.writerow(["path", "segment", "start_s", "end_s", "label", "confidence", *classes, "error"])
+    for result in results:
+        if not result.ok:
+            writer.writerow([result.source, "", "", "", "", "", *([""] * len(classes)), result.error])
+            continue
+        for index, segment in enumerate(result.timeline.segments):
+            writer.writerow([result.source, index, segment.start_s, segment.end_s, segment.label,
+                             f"{segment.confidence:.6f}", *(f"{segment.probabilities[c]:.6f}" for c in classes), ""])
+
+
+def _summarize(answered: int, failed: Sequence[tuple[str, str]]) -> None:
+    """The run's last line on stderr: how many files were answered and why the others were not.
+    One file answered needs no summary: its answer is all there is (stderr stays empty)."""
+    if answered + len(failed) < 2 and not failed:
+        return
+    line = f"ser predict: {answered} file{'s' if answered != 1 else ''} answered, {len(failed)} failed"
+    print(line + (": " + "; ".join(error for _, error in failed) if failed else ""), file=sys.stderr)
+
+
+def _run_timeline(predictor, args: argparse.Namespace) -> int:
+    from ser.serving.timeline import timeline_paths
+
+    results = timeline_paths(predictor, args.paths, predictor.segments, progress=True)
+    if not results:
+        print("ser predict: no audio files found in " + ", ".join(args.paths), file=sys.stderr)
+        return 2
+    classes = predictor.classes
+    if args.format == "json":
+        json.dump([r.timeline.to_dict() if r.ok else {"path": r.source, "error": r.error} for r in results],
+                  sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        write_timeline_csv(results, classes, sys.stdout)
+    else:
+        write_timeline_table(results, classes, sys.stdout)
+    sys.stdout.flush()
+    failed = [(r.source, r.error) for r in results if not r.ok]
+    _summarize(len(results) - len(failed), failed)
+    return 1 if failed else 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     try:
         predictor, _ = _load(args.model, _project_params(), args.window_s, args.hop_s, args.min_confidence)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser predict: {exc}", file=sys.stderr)
         return 2
+    if args.timeline:
+        if args.normalize_by is not None:
+            print("ser predict: --timeline scores each recording alone; it cannot be combined with --normalize-by",
+                  file=sys.stderr)
+            return 2
+        return _run_timeline(predictor, args)
     try:
-        predictions = predictor.predict_paths(args.paths, progress=sys.stderr.isatty(), normalize_by=args.normalize_by)
+        # Progress on stderr (files, and windows of a long one), so stdout stays the answer alone.
+        predictions = predictor.predict_paths(args.paths, progress=True, normalize_by=args.normalize_by)
     except ValueError as exc:
         print(f"ser predict: {exc}", file=sys.stderr)
         return 2
@@ -175,10 +247,9 @@ def run_predict(args: argparse.Namespace) -> int:
         write_csv(predictions, classes, args.windows, sys.stdout)
     else:
         write_table(predictions, classes, args.windows, sys.stdout)
-    failed = [p for p in predictions if not p.ok]
-    if args.format != "table":  # the table has its error lines; machine formats get a note on stderr
-        for prediction in failed:
-            print(f"error: {prediction.error}", file=sys.stderr)
+    sys.stdout.flush()
+    failed = [(p.source, p.error) for p in predictions if not p.ok]
+    _summarize(len(predictions) - len(failed), failed)
     return 1 if failed else 0
 
 

@@ -386,10 +386,27 @@ class MlflowParams(Section):
     registered_model: str
 
 
+class SegmentParams(Section):
+    on_db: Number
+    off_db: Number
+    above_floor_db: Number
+    min_silence_s: Number
+    min_speech_s: Number
+
+    @model_validator(mode="after")
+    def _hysteresis(self):
+        if self.on_db <= 0 or self.off_db <= 0:
+            raise ValueError(f"segments.on_db and off_db must be positive dB, got {self.on_db}, {self.off_db}")
+        if self.min_silence_s < 0 or self.min_speech_s < 0:
+            raise ValueError("segments.min_silence_s and min_speech_s cannot be negative")
+        return self
+
+
 class PredictParams(Section):
     window_s: Number
     hop_s: Number
     min_confidence: Optional[Number]
+    segments: SegmentParams
 
 
 class ServeParams(Section):

@@ -1,6 +1,7 @@
 """Report stage: reports/index.html with its figures, also logged to the training run in MLflow.
 
-Reads no params section: the report shows what the earlier stages produced.
+Shows what the earlier stages produced; reads the ``predict:`` section for its one example
+timeline (windows and speech segments, as ``ser predict --timeline`` uses them).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
+    predict = project.load_params(project.params_path()).predict
     report = build_report(args.metadata, args.features, args.train, args.metrics, args.out, project.repo_root(),
-                          args.calibration)
+                          args.calibration, predict)
     missing = sorted(set(FIGURES) - set(report.figures))
     if missing:
         raise SystemExit(f"report: figures not produced: {missing}")

@@ -39,6 +39,7 @@ import opensmile  # noqa: F401  isort: skip
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,41 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+# TensorFlow's native start-up notes bypass TF_CPP_MIN_LOG_LEVEL (absl logs before it is read); they
+# tell a user nothing about their recordings. Only these lines are dropped: any other is passed on.
+_START_UP_NOISE = ("All log messages before absl::InitializeLog() is called are written to STDERR",
+                   "oneDNN custom operations are on")
+
+
+@contextmanager
+def _without_native_notes(noise: tuple[str, ...]):
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to borrow: leave the output as it is
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not any(note in line for note in noise)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+with _without_native_notes(_START_UP_NOISE):
+    import keras  # noqa: E402
+    import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from ser.params import KerasParams, params_class, typed  # noqa: E402

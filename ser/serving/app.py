@@ -5,7 +5,9 @@
     GET  /health          status, model, queue depth and capacity, workers (503 when none is up)
     POST /api/predict     multipart field ``file`` -> label, probabilities, windows, and the
                           clip as the model heard it: a waveform envelope (data arrays, drawn
-                          by the page) and a log-mel spectrogram (PNG, data URI)
+                          by the page) and a log-mel spectrogram (PNG, data URI);
+                          ``?timeline=true`` adds ``timeline``: the speech segments, each with
+                          start, end, emotion and probabilities (the page always asks for it)
 
 The app itself never predicts: it admits a request (``serve.max_queue``), hands the clip to an
 idle predictor process and relays the answer (see :mod:`ser.serving.pool`), so the event loop
@@ -90,10 +92,10 @@ def create_app(pool: PredictorPool, max_bytes: int, model_description: str = "",
         return JSONResponse(status, status_code=200 if status["status"] in ("ok", "degraded") else 503)
 
     @app.post("/api/predict")
-    async def predict(request: Request, visuals: bool = True) -> Response:
+    async def predict(request: Request, visuals: bool = True, timeline: bool = False) -> Response:
         with pool.admitted() as ticket:  # a full queue is refused before the body is read
             payload, name = await _read_upload(request, max_bytes)
-            reply = await pool.run(ticket, (payload, name, visuals))
+            reply = await pool.run(ticket, (payload, name, visuals, timeline))
         if reply.kind == "bad":
             raise HTTPException(400, reply.body)
         if reply.kind != "ok":

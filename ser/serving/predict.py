@@ -31,7 +31,7 @@ import numpy as np
 
 from ser.audio import (AudioError, is_audio, AudioSource, cut_ranges, describe_source, load_audio, normalize,
                        resampled_blocks, stream_extent, streamable_frames)
-from ser.params import PredictParams, typed
+from ser.params import PredictParams, SegmentParams, typed
 
 # Windows scored per model call: bounds memory for a long recording, keeps calls efficient.
 WINDOW_BATCH = 32
@@ -153,7 +153,7 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
             yield path
 
 
-def _progress(iterable: Iterable[Any], show: bool, **bar: Any) -> Iterable[Any]:
+def progress_bar(iterable: Iterable[Any], show: bool, **bar: Any) -> Iterable[Any]:
     """``iterable`` behind a tqdm bar when ``show``; tqdm.auto (asyncio, a notebook probe) is
     imported only then."""
     if not show:
@@ -175,6 +175,8 @@ class Predictor:
         self.window_s = float(window_s)
         self.hop_s = float(hop_s)
         self.min_confidence = None if min_confidence is None else float(min_confidence)
+        # How a timeline finds speech (predict.segments); set by whoever knows the params.
+        self.segments: SegmentParams | None = None
 
     def use_threads(self, threads: int) -> "Predictor":
         """Run the encoder (if the model has one) on ``threads`` intra-op threads: every core for
@@ -213,7 +215,7 @@ class Predictor:
         show = progress is not None and count >= PROGRESS_MIN_WINDOWS
         rows = [
             self.bundle.predict_proba_signals(batch)
-            for batch in _progress(batches(signals, WINDOW_BATCH), show, total=math.ceil(count / WINDOW_BATCH),
+            for batch in progress_bar(batches(signals, WINDOW_BATCH), show, total=math.ceil(count / WINDOW_BATCH),
                                    desc=progress, unit="batch")
         ]
         return np.concatenate(rows, axis=0).astype(np.float64)
@@ -359,11 +361,11 @@ class Predictor:
             for path in files:
                 groups.setdefault(path.parent, []).append(path)
             by_name = {}
-            for folder in _progress(sorted(groups), progress, desc="speaker folders", unit="folder"):
+            for folder in progress_bar(sorted(groups), progress, desc="speaker folders", unit="folder"):
                 by_name.update({p.source: p for p in self.predict_group(groups[folder])})
             return [by_name[str(path)] for path in files]
         results = []
-        for path in _progress(files, progress and len(files) >= 2, desc="predicting", unit="file"):
+        for path in progress_bar(files, progress and len(files) >= 2, desc="predicting", unit="file"):
             results.append(self.try_predict(path, str(path)))
         return results
 
@@ -377,5 +379,7 @@ class Predictor:
 def load_bundle_predictor(folder: str | os.PathLike, predict_params: PredictParams | dict[str, Any]) -> Predictor:
     """A Predictor over a ModelBundle folder, windowed as the ``predict:`` section says."""
     predict_params = typed(PredictParams, predict_params)
-    return Predictor.from_bundle_dir(folder, window_s=predict_params.window_s, hop_s=predict_params.hop_s,
-                                     min_confidence=predict_params.min_confidence)
+    predictor = Predictor.from_bundle_dir(folder, window_s=predict_params.window_s, hop_s=predict_params.hop_s,
+                                          min_confidence=predict_params.min_confidence)
+    predictor.segments = predict_params.segments
+    return predictor

@@ -1,6 +1,6 @@
 """Predictor processes behind ``ser serve``: each loads the model once and scores one clip at a time.
 
-The server talks to a worker over a pipe: it sends ``(payload, name, visuals)`` and gets back
+The server talks to a worker over a pipe: it sends ``(payload, name, visuals, timeline)`` and gets back
 ``("ok", json_bytes)``, ``("bad", message)`` (audio the front end refuses: HTTP 400) or
 ``("error", message)``. Workers are spawned, not forked (nothing is inherited from a server that
 already runs threads), run their math on one thread (so N workers x 1 thread = N cores), ignore
@@ -38,6 +38,7 @@ class ModelSpec:
     window_s: float
     hop_s: float
     min_confidence: float | None = None
+    segments: dict[str, Any] | None = None  # predict.segments, for timelines
 
 
 def snapshot(predictor, folder: str | os.PathLike) -> ModelSpec:
@@ -45,7 +46,8 @@ def snapshot(predictor, folder: str | os.PathLike) -> ModelSpec:
     this copy, so all serve the model the server loaded even if its source moves on meanwhile (a
     new registered version, a retrained ``data/train/model``)."""
     predictor.bundle.save(folder)
-    return ModelSpec(str(Path(folder)), predictor.window_s, predictor.hop_s, predictor.min_confidence)
+    segments = None if predictor.segments is None else predictor.segments.as_dict()
+    return ModelSpec(str(Path(folder)), predictor.window_s, predictor.hop_s, predictor.min_confidence, segments)
 
 
 def _load(spec: ModelSpec):
@@ -53,6 +55,10 @@ def _load(spec: ModelSpec):
 
     predictor = Predictor.from_bundle_dir(spec.bundle_dir, window_s=spec.window_s, hop_s=spec.hop_s,
                                           min_confidence=spec.min_confidence)
+    if spec.segments is not None:
+        from ser.params import SegmentParams, typed
+
+        predictor.segments = typed(SegmentParams, spec.segments, "predict.segments")
     return predictor.use_threads(1)  # ONNX Runtime sizes its pool from the bundle, not from the variables
 
 
@@ -80,8 +86,9 @@ def _answer_signal(predictor, y, name: str, visuals: bool) -> dict[str, Any]:
     return answer
 
 
-def answer(predictor, payload: bytes, name: str, visuals: bool) -> tuple[str, Any]:
-    """What the server sends back for one upload; the JSON is encoded here, off the event loop."""
+def answer(predictor, payload: bytes, name: str, visuals: bool, timeline: bool = False) -> tuple[str, Any]:
+    """What the server sends back for one upload; the JSON is encoded here, off the event loop.
+    ``timeline``: also its speech segments, each with an emotion (see :mod:`ser.serving.timeline`)."""
     from ser.audio import AudioError
     from ser.serving.predict import audio_error_message
 
@@ -89,10 +96,20 @@ def answer(predictor, payload: bytes, name: str, visuals: bool) -> tuple[str, An
     try:
         y = predictor.load(payload)
         result = _answer_signal(predictor, y, name, visuals)
+        if timeline:
+            result["timeline"] = _timeline(predictor, payload, name)
     except AudioError as exc:
         return "bad", audio_error_message(exc, name)
     result["served_by"] = {"worker": os.getpid(), "started": started, "finished": time.time()}
     return "ok", json.dumps(result).encode("utf-8")
+
+
+def _timeline(predictor, payload: bytes, name: str) -> dict[str, Any]:
+    from ser.serving.timeline import timeline
+
+    if predictor.segments is None:
+        raise ValueError("this server was started without predict.segments; it cannot draw timelines")
+    return timeline(predictor, payload, predictor.segments, name).to_dict()
 
 
 def _thread_report() -> dict[str, Any]:

@@ -12,7 +12,8 @@ Figures (file names are stable; :data:`FIGURES` lists them):
 * features: distributions of a few key acoustic features per emotion;
 * model: confusion matrix, loss/accuracy curves, per-class precision/recall/F1, per-corpus and
   per-fold scores, the reliability diagram of the calibrated probabilities; the evaluation
-  protocol is named at the top of the page.
+  protocol is named at the top of the page; one recording assembled from example clips with pauses
+  between them, as ``ser predict --timeline`` sees it (the final model, ``predict.segments``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ FIGURES = {
     "model_per_corpus": "Scores per corpus",
     "model_per_fold": "Scores per fold",
     "model_reliability": "Reliability of the calibrated probabilities (held-out speakers)",
+    "model_timeline": "One recording as a timeline: example clips of four emotions with pauses between them, "
+                      "the speech segments found and the emotion the model gives each (ser predict --timeline)",
 }
 
 # eGeMAPS descriptors that track arousal and valence in the literature: pitch level and range,
@@ -274,6 +277,81 @@ def plot_score_bars(table: pd.DataFrame, title: str):
     return fig
 
 
+# ---- the model on one long recording ----------------------------------------------------------------
+TIMELINE_CLIPS = 4
+TIMELINE_GAPS_S = [1.0, 1.5, 1.2, 1.8, 1.0]
+# The page's palette (ser/serving/static/index.html), so a timeline looks the same in both.
+EMOTION_COLOURS = {"neutral": "#64748b", "calm": "#0ea5e9", "happy": "#eab308", "sad": "#2563eb", "angry": "#dc2626",
+                   "fearful": "#7c3aed", "disgust": "#16a34a", "surprised": "#f97316", "boredom": "#a16207",
+                   "uncertain": "#9ca3af"}
+
+
+def timeline_example(metadata: pd.DataFrame, root: Path, model_dir: Path, predict_params: Any):
+    """The figure, and the timeline and the truth it draws: the first clip (by utterance_id) of
+    each of up to four of the model's emotions, front-end processed, with pauses of low noise
+    between them, segmented and scored by the model in ``model_dir`` as ``ser predict --timeline``
+    does. These clips were in the final model's training data: the figure shows the tool, the
+    scores above measure the model."""
+    import io
+
+    import soundfile as sf
+
+    from ser.audio import load_audio
+    from ser.serving.predict import load_bundle_predictor
+    from ser.serving.timeline import assemble, timeline
+
+    predictor = load_bundle_predictor(model_dir, predict_params)
+    if predictor.bundle.speaker_norm != "none":
+        return _message_figure("The model standardizes per speaker (transductive): it scores a speaker's "
+                               "recordings together, not one recording, so no timeline is drawn."), None, []
+    examples = example_clips(metadata)
+    examples = examples[examples.index.isin(predictor.classes)].head(TIMELINE_CLIPS)
+    paths = [Path(p) if Path(p).is_absolute() else root / p for p in examples["path"]]
+    clips = [load_audio(path, predictor.bundle.audio) for path in paths]
+    rate = predictor.sample_rate
+    y, truth = assemble(clips, rate, TIMELINE_GAPS_S)
+    buffer = io.BytesIO()
+    sf.write(buffer, y, rate, format="WAV", subtype="FLOAT")
+    found = timeline(predictor, buffer.getvalue(), predictor.segments, "example")
+    truth_s = [(start / rate, end / rate, emotion) for (start, end), emotion in zip(truth, examples.index)]
+
+    fig, (wave_ax, strip_ax) = plt.subplots(2, 1, figsize=(10, 3.4), sharex=True,
+                                            gridspec_kw={"height_ratios": [3, 1]})
+    t = np.arange(y.size) / rate
+    wave_ax.plot(t, y, color="#4f46e5", linewidth=0.4)
+    for start, end, emotion in truth_s:
+        wave_ax.axvspan(start, end, color="#e4e7ec", zorder=0)
+        wave_ax.text((start + end) / 2, 1.02, f"clip: {emotion}", ha="center", va="bottom", fontsize=8,
+                     transform=wave_ax.get_xaxis_transform())
+    wave_ax.set_yticks([])
+    wave_ax.set_ylim(-1, 1)
+    for segment in found.segments:
+        colour = EMOTION_COLOURS.get(segment.label, "#9ca3af")
+        strip_ax.axvspan(segment.start_s, segment.end_s, color=colour, alpha=0.35 + 0.65 * segment.confidence)
+        strip_ax.text((segment.start_s + segment.end_s) / 2, 0.5, f"{segment.label}\n{100 * segment.confidence:.0f}%",
+                      ha="center", va="center", fontsize=8, color="white")
+    strip_ax.set_yticks([])
+    strip_ax.set_xlim(0, y.size / rate)
+    strip_ax.set_xlabel("seconds")
+    strip_ax.set_ylabel("model", rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"ser predict --timeline on {len(clips)} example clips with pauses: {len(found.segments)} "
+                 "speech segments found", fontsize=10)
+    fig.tight_layout()
+    return fig, found, truth_s
+
+
+def plot_timeline_example(metadata: pd.DataFrame, root: Path, train_dir: Path | None, predict_params: Any,
+                          report: Report):
+    model_dir = Path(train_dir or ".") / "model"
+    if train_dir is None or predict_params is None or not (model_dir / "bundle.json").is_file():
+        return _message_figure(f"No model in {model_dir} (or no predict params) to draw a timeline with.")
+    try:
+        return timeline_example(metadata, root, model_dir, predict_params)[0]
+    except Exception as exc:  # an unreadable example clip or model costs this figure, not the report
+        report.notes.append(f"timeline example not drawn: {type(exc).__name__}: {exc}")
+        return _message_figure(f"Timeline example not drawn: {exc}")
+
+
 # ---- the report -----------------------------------------------------------------------------------
 @dataclass
 class PipelineOutputs:
@@ -320,8 +398,10 @@ def read_outputs(metadata_path: str | os.PathLike, train_dir: Path, metrics_path
                            calibration=_read_json(Path(calibration_path)) if calibration_path else None)
 
 
-def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, report: Report) -> ShownTables:
-    """Save every figure of :data:`FIGURES` into ``report.folder``; returns the tables shown beside them."""
+def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, report: Report,
+                 train_dir: Path | None = None, predict_params: Any = None) -> ShownTables:
+    """Save every figure of :data:`FIGURES` into ``report.folder``; returns the tables shown beside them.
+    The timeline example needs the final model (``train_dir/model``) and the ``predict:`` section."""
     from tqdm.auto import tqdm
 
     metadata, oof, classes = outputs.metadata, outputs.oof, outputs.classes
@@ -355,6 +435,7 @@ def draw_figures(outputs: PipelineOutputs, features_dir: Path, root: Path, repor
     done("model_per_fold", plot_score_bars(per_fold, "Scores per fold (out-of-fold)"))
     done("model_reliability", evaluate.reliability_figure(outputs.calibration) if outputs.calibration
          else _message_figure("No calibration figures (metrics/calibration.json) were given."))
+    done("model_timeline", plot_timeline_example(metadata, root, train_dir, predict_params, report))
     steps.close()
     return ShownTables(counts=counts, examples=examples, per_class=per_class, per_corpus=per_corpus, per_fold=per_fold)
 
@@ -427,9 +508,10 @@ def render_page(context: dict[str, Any]) -> str:
 
 def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLike, train_dir: str | os.PathLike,
                  metrics_path: str | os.PathLike, out_dir: str | os.PathLike, root: str | os.PathLike,
-                 calibration_path: str | os.PathLike | None = None) -> Report:
+                 calibration_path: str | os.PathLike | None = None, predict_params: Any = None) -> Report:
     """Write ``index.html`` and every figure of :data:`FIGURES` into ``out_dir``; relative clip
-    paths are read under ``root``; ``calibration_path`` is metrics/calibration.json."""
+    paths are read under ``root``; ``calibration_path`` is metrics/calibration.json;
+    ``predict_params`` (the ``predict:`` section) windows and segments the timeline example."""
     root = Path(root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,7 +519,7 @@ def build_report(metadata_path: str | os.PathLike, features_dir: str | os.PathLi
         stale.unlink()
     report = Report(out)
     outputs = read_outputs(metadata_path, Path(train_dir), metrics_path, calibration_path)
-    tables = draw_figures(outputs, Path(features_dir), root, report)
+    tables = draw_figures(outputs, Path(features_dir), root, report, Path(train_dir), predict_params)
     report.index.write_text(render_page(page_context(report, outputs, tables)), encoding="utf-8")
     return report
 
