@@ -312,6 +312,34 @@ def test_a_stream_sent_faster_than_real_time_ends_at_the_duration_limit(quiet_si
     assert all(m["end_s"] <= MAX_S for m in messages), messages  # nothing past the limit was scored
 
 
+def test_stream_updates_wait_their_turn_in_the_request_queue(bundle, real_mirror, tmp_path):
+    """A window is one more request for serve.max_queue: with the one slot taken by a long upload
+    it is skipped with the reason, and the stream goes on once the slot is free."""
+    from tests.serve_support import long_recording
+
+    upload = wav_bytes(long_recording(real_mirror, 60.0), RATE)
+    pcm = pcm16(ravdess_clip(real_mirror, 16, "05"))
+    with ser_serve("--model", str(bundle), "--workers", "1", "--max-queue", "1", "--timeout-s", "120",
+                   log_path=tmp_path / "serve.log") as (base, _):
+        ws = connect(base)
+        try:
+            ready(ws)
+            with ThreadPoolExecutor(1) as thread:
+                busy = thread.submit(post_clip, base, "long.wav", upload)
+                wait_for_health(base, lambda r: r["queue"]["running"] == 1, timeout_s=30)
+                feed(ws, pcm[:2 * RATE])
+                skipped = [next_event(ws)[1] for _ in range(2)]
+                assert busy.result().status_code == 200
+            assert [m["type"] for m in skipped] == ["skipped", "skipped"], skipped
+            assert "serve.max_queue" in skipped[0]["detail"]
+            feed(ws, pcm[2 * RATE: 3 * RATE])
+            kind, update = next_event(ws)
+            assert kind == "message" and update["type"] == "update" and update["end_s"] == 3, update
+            assert update["index"] == 1 and update["label"] is not None
+        finally:
+            ws.close()
+
+
 # ---- the page, in headless Chromium with a fake microphone ---------------------------------------
 
 def ser_predict_json(bundle: Path, path: Path) -> dict:
