@@ -1,7 +1,7 @@
 """The ``ser`` command: ``ser predict PATH...``, ``ser serve``, ``ser promote`` and ``ser tune``.
 
     ser predict clip.wav recordings/ [--model URI|FOLDER] [--format table|json|csv] [--timeline]
-    ser serve --port 8000 [--model URI|FOLDER] [--workers N] [--max-queue N] [--timeout-s S]
+    ser serve --port 8000 [--model URI|FOLDER] [--workers N] [--max-queue N] [--timeout-s S] [--max-streams N]
     ser promote VERSION
     ser tune [--model-type T] [--num-samples N] [--max-concurrent N] [--address HOST:PORT]
 
@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests waiting or running at once; more get 503 (default: serve.max_queue)")
     serve.add_argument("--timeout-s", type=float, default=None,
                        help="seconds a request may wait and run (default: serve.timeout_s)")
+    serve.add_argument("--max-streams", type=int, default=None,
+                       help="live microphone streams at once; 0 = none (default: serve.max_streams)")
+    serve.add_argument("--stream-max-s", type=float, default=None,
+                       help="seconds a live stream may last (default: serve.stream_max_s)")
+    serve.add_argument("--stream-idle-s", type=float, default=None,
+                       help="seconds without audio before a live stream is closed (default: serve.stream_idle_s)")
 
     search = commands.add_parser("tune", help="search hyper-parameters on Ray Tune (params.yaml tune)")
     search.add_argument("--model-type", default=None, help="the family to search (default: tune.model_type, else "
@@ -261,7 +267,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         params = _project_params()
         flags = {"max_bytes": args.max_bytes, "workers": args.workers, "max_queue": args.max_queue,
-                 "timeout_s": args.timeout_s}
+                 "timeout_s": args.timeout_s, "max_streams": args.max_streams, "stream_max_s": args.stream_max_s,
+                 "stream_idle_s": args.stream_idle_s}
         settings = override(params.serve, {key: value for key, value in flags.items() if value is not None})
         predictor, description = _load(args.model, params)
     except (ValueError, FileNotFoundError) as exc:  # ParamsError is a ValueError

@@ -416,6 +416,11 @@ class ServeParams(Section):
     timeout_s: Number
     allow_path: bool
     path_root: Optional[str]
+    max_streams: int = Field(ge=0)  # 0: no live streams
+    stream_max_s: Number = Field(gt=0)
+    stream_idle_s: Number = Field(gt=0)
+    stream_max_frame_bytes: int = Field(gt=0)
+    stream_every_s: Number = Field(gt=0)
 
 
 # --- tune (ser tune: hyper-parameter search) ----------------------------------------------------

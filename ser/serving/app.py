@@ -8,6 +8,7 @@
                           by the page) and a log-mel spectrogram (PNG, data URI);
                           ``?timeline=true`` adds ``timeline``: the speech segments, each with
                           start, end, emotion and probabilities (the page always asks for it)
+    WS   /api/stream      live audio in, a label about every second out (see :mod:`ser.serving.stream`)
 
 The app itself never predicts: it admits a request (``serve.max_queue``), hands the clip to an
 idle predictor process and relays the answer (see :mod:`ser.serving.pool`), so the event loop
@@ -25,12 +26,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from ser.serving.pool import PredictorPool, Rejected
+from ser.serving.stream import StreamHub, StreamLimits
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -55,10 +57,10 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
 
 
 def create_app(pool: PredictorPool, max_bytes: int, model_description: str = "",
-               model_info: dict[str, Any] | None = None) -> FastAPI:
+               model_info: dict[str, Any] | None = None, *, stream_limits: StreamLimits) -> FastAPI:
     """The app over a started ``pool``. ``model_info`` (registered ``version``, ``run_id``,
     ``metrics``, aliases, ``uri``; None for a folder) is shown as given on the page and in
-    ``/api/info`` and ``/health``."""
+    ``/api/info`` and ``/health``. ``stream_limits`` bound the live streams."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -69,6 +71,7 @@ def create_app(pool: PredictorPool, max_bytes: int, model_description: str = "",
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     model = pool.model
     described = {"model": model_description, "version": _model_version(model_info), "model_info": model_info}
+    hub = StreamHub(pool, stream_limits)
 
     @app.exception_handler(Rejected)
     async def rejected(_: Request, exc: Rejected) -> JSONResponse:
@@ -84,11 +87,12 @@ def create_app(pool: PredictorPool, max_bytes: int, model_description: str = "",
     async def info() -> dict[str, Any]:
         return {"classes": model["classes"], **described, "max_bytes": max_bytes,
                 "sample_rate": model["sample_rate"], "window_s": model["window_s"], "hop_s": model["hop_s"],
-                "workers": pool.workers, "max_queue": pool.max_queue, "timeout_s": pool.timeout_s}
+                "workers": pool.workers, "max_queue": pool.max_queue, "timeout_s": pool.timeout_s,
+                "stream": hub.info()}
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        status = {**pool.status(), **described}
+        status = {**pool.status(), "streams": hub.status(), **described}
         return JSONResponse(status, status_code=200 if status["status"] in ("ok", "degraded") else 503)
 
     @app.post("/api/predict")
@@ -102,5 +106,9 @@ def create_app(pool: PredictorPool, max_bytes: int, model_description: str = "",
             raise HTTPException(500, reply.body)
         timing = f"queue;dur={1000 * reply.waited_s:.1f}, predict;dur={1000 * reply.ran_s:.1f}"
         return Response(reply.body, media_type="application/json", headers={"Server-Timing": timing})
+
+    @app.websocket("/api/stream")
+    async def stream(websocket: WebSocket) -> None:
+        await hub.serve(websocket)
 
     return app

@@ -16,6 +16,7 @@ from typing import Any
 from ser.params import ServeParams, typed
 from ser.runtime.executor import cpu_count
 from ser.serving.pool import PredictorPool, resolve_workers
+from ser.serving.stream import StreamLimits
 from ser.serving.workers import snapshot
 
 # Seconds uvicorn waits for requests in progress when told to stop, so a stop stays prompt.
@@ -53,12 +54,17 @@ def run_server(predictor, serve_params: ServeParams | dict[str, Any], *, host: s
         with tempfile.TemporaryDirectory(prefix="ser-serve-") as scratch:
             pool = build_pool(predictor, serve_params, scratch)
             try:
-                app = create_app(pool, max_bytes=serve_params.max_bytes,
-                                 model_description=model_description, model_info=model_info)
+                limits = StreamLimits.of(serve_params, pool.model["window_s"], pool.model["sample_rate"])
+                app = create_app(pool, max_bytes=serve_params.max_bytes, model_description=model_description,
+                                 model_info=model_info, stream_limits=limits)
                 print(f"ser serve: {model_description} on http://{host}:{port}/ with {pool.workers} predictor "
-                      f"processes, at most {pool.max_queue} requests in flight, {pool.timeout_s:g} s each",
-                      file=sys.stderr)
-                uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACEFUL_STOP_S)
+                      f"processes, at most {pool.max_queue} requests in flight, {pool.timeout_s:g} s each, "
+                      f"{limits.max_streams} live streams", file=sys.stderr)
+                # wsproto (pinned) for the live streams, whatever else is installed; it cuts frames
+                # far over the stream limit before they are buffered whole. No compression: PCM
+                # hardly shrinks, and a small compressed frame could inflate past any limit.
+                uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACEFUL_STOP_S,
+                            ws="wsproto", ws_max_size=limits.transport_max_bytes, ws_per_message_deflate=False)
             finally:
                 pool.close()
     finally:
