@@ -224,42 +224,49 @@ def test_a_down_database_stops_the_stage_with_one_line_naming_the_uri(team, tmp_
     finally:
         restarted = team.tool("up")  # brings the database back (the server never stopped)
     assert restarted.returncode == 0, restarted.stderr
+    # back up: the same stages, then registering and promoting through the server, as on the local store
     stage = run_stage(root, team.client_env, *TRAIN, out="data/train")
     stdout, stderr = stage.communicate(timeout=300)
     assert stage.returncode == 0, stderr[-3000:]
+    env = {**team.client_env, "PYTHONPATH": str(root)}
+    evaluate = subprocess.run([PYTHON, "stages/evaluate.py", "--train", "data/train", "--metrics", "metrics/evaluate.json",
+                               "--plots", "metrics/plots"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "ser-emotion-exp-test version 1 registered" in evaluate.stdout
+    promoted = subprocess.run([PYTHON, "-m", "ser", "promote", "1"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert "ser-emotion-exp-test version 1" in promoted.stdout and "is now @champion" in promoted.stdout
 
 
-def test_the_server_and_database_restarted_keep_every_run(team):
+def test_the_server_and_database_restarted_keep_every_run(team, monkeypatch):
     from mlflow import MlflowClient
 
-    env = {key: team.client_env[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update(env)
-    try:
-        client = MlflowClient(tracking_uri=team.url)
-        experiment = client.create_experiment("team-restart")
-        for index in range(3):
-            run = client.create_run(experiment)
-            client.log_metric(run.info.run_id, "uar", index / 10)
-            client.set_terminated(run.info.run_id)
-        before = {r.info.run_id: (r.info.status, r.data.metrics) for r in client.search_runs(
-            [e.experiment_id for e in client.search_experiments()], max_results=1000)}
-        pids = team.running_pids()
-        assert pids
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, team.client_env[key])
+    client = MlflowClient(tracking_uri=team.url)
+    experiment = client.create_experiment("team-restart")
+    for index in range(3):
+        run = client.create_run(experiment)
+        client.log_metric(run.info.run_id, "uar", index / 10)
+        client.set_terminated(run.info.run_id)
 
-        stopped = team.tool("down")
-        assert stopped.returncode == 0, stopped.stderr
-        assert not team.running_pids(), "team down left processes running"
-        assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-                       for pid in pids)
-        started = team.tool("up")
-        assert started.returncode == 0, started.stderr
+    def every_run() -> dict:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        return {r.info.run_id: (r.info.status, r.data.metrics) for r in client.search_runs(experiments, max_results=1000)}
 
-        after = {r.info.run_id: (r.info.status, r.data.metrics) for r in client.search_runs(
-            [e.experiment_id for e in client.search_experiments()], max_results=1000)}
-        assert after == before and len(before) >= 3
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    before = every_run()
+    pids = team.running_pids()
+    assert pids
+    stopped = team.tool("down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not team.running_pids(), "team down left processes running"
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    started = team.tool("up")
+    assert started.returncode == 0, started.stderr
+    after = every_run()
+    assert after == before and len(before) >= 3
 
 
 # ---- the shared DVC remote -----------------------------------------------------------------------
