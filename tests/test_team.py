@@ -83,7 +83,7 @@ def team():
     try:
         started = servers.tool("up")
         assert started.returncode == 0, f"team up failed:\n{started.stdout}\n{started.stderr}"
-        assert f"export MLFLOW_TRACKING_URI={url}" in started.stdout and "MLFLOW_TRACKING_USERNAME" in started.stdout
+        assert f"export MLFLOW_TRACKING_URI={url}" in started.stdout and "MLFLOW_TRACKING_PASSWORD=\"$SER_TEAM_ADMIN_PASSWORD\"" in started.stdout
         yield servers
     finally:
         stopped = servers.tool("down")
@@ -118,6 +118,10 @@ def test_team_up_refuses_a_missing_or_short_password(tmp_path):
     short = subprocess.run(command, env={**env, "SER_TEAM_ADMIN_PASSWORD_FILE": str(tmp_path / "short")},
                            capture_output=True, text=True, timeout=60)
     assert short.returncode == 2 and "7 characters; at least 12" in short.stderr
+    assert "hunter2" not in short.stdout + short.stderr
+    port = subprocess.run(command, env={**env, "SER_TEAM_ADMIN_PASSWORD": PASSWORD, "SER_TEAM_PORT": "50x5"},
+                          capture_output=True, text=True, timeout=60)
+    assert port.returncode == 2 and "SER_TEAM_PORT='50x5'" in port.stderr and "Traceback" not in port.stderr
     # nothing was created or started
     assert not folder.exists()
     assert subprocess.run(["pgrep", "-f", str(folder)], capture_output=True).returncode == 1

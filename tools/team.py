@@ -56,14 +56,20 @@ class Team:
         env = os.environ if env is None else env
         self.env = env
         self.folder = Path(folder or env.get("SER_TEAM_DIR") or REPO / ".team").resolve()
-        self.port = int(env.get("SER_TEAM_PORT", "5055"))
-        self.db_port = int(env.get("SER_TEAM_DB_PORT", "5433"))
-        self.workers = int(env.get("SER_TEAM_WORKERS", "2"))
+        self.port = self.number("SER_TEAM_PORT", 5055)
+        self.db_port = self.number("SER_TEAM_DB_PORT", 5433)
+        self.workers = self.number("SER_TEAM_WORKERS", 2)
         self.artifacts = env.get("SER_TEAM_ARTIFACTS") or str(self.folder / "artifacts")
         self.pg = self.folder / "pg"
         self.url = f"http://{HOST}:{self.port}"
 
     # ---- settings and secrets -----------------------------------------------------------------
+    def number(self, name: str, default: int) -> int:
+        value = self.env.get(name) or str(default)
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise TeamError(f"{name}={value!r}: expected a whole number from 1 to 65535")
+        return int(value)
+
     def admin_password(self) -> str:
         if self.env.get("SER_TEAM_ADMIN_PASSWORD"):
             password, source = self.env["SER_TEAM_ADMIN_PASSWORD"], "SER_TEAM_ADMIN_PASSWORD"
@@ -78,6 +84,13 @@ class Team:
             raise TeamError(f"the admin password from {source} is {len(password)} characters; "
                             f"at least {MIN_PASSWORD} are needed")
         return password
+
+    def password_hint(self) -> str:
+        """How to fill MLFLOW_TRACKING_PASSWORD for the admin, without printing the password."""
+        if self.env.get("SER_TEAM_ADMIN_PASSWORD"):
+            return '"$SER_TEAM_ADMIN_PASSWORD"'
+        file = Path(self.env.get("SER_TEAM_ADMIN_PASSWORD_FILE") or DEFAULT_PASSWORD_FILE).expanduser()
+        return f'"$(cat {file})"'
 
     def secret(self, name: str) -> str:
         """A random value generated once and kept in the team folder (mode 600)."""
@@ -274,7 +287,7 @@ class Team:
                 "Point the pipeline at it (dvc repro, dvc exp run, ser ...):\n"
                 f"  export MLFLOW_TRACKING_URI={self.url}\n"
                 f"  export MLFLOW_TRACKING_USERNAME={ADMIN}   # or a user the admin created\n"
-                "  export MLFLOW_TRACKING_PASSWORD=...     # that user's password\n"
+                f"  export MLFLOW_TRACKING_PASSWORD={self.password_hint()}   # that user's password\n"
                 f"Stop it with: make team-down")
 
 
@@ -282,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
-    team = Team()
     try:
+        team = Team()
         if args.command == "up":
             team.up()
             print(team.describe())
