@@ -99,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(model: str | None, params: Params, window_s: float | None = None, hop_s: float | None = None,
           min_confidence: float | None = None):
+    from pathlib import Path
+
     from ser import project
     from ser.serving.loader import load_predictor  # not ser.serving.pyfunc: that imports mlflow.pyfunc
 
     predict = params.predict
-    predictor, description = load_predictor(model, tracking_uri=project.tracking_uri(),
+    local = model is not None and Path(model).is_dir()
+    # a model from the registry: a tracking server that is down is one line (a ValueError), not minutes of retries
+    uri = project.tracking_uri() if local else project.checked_tracking_uri()
+    predictor, description = load_predictor(model, tracking_uri=uri,
                                             registered_model=params.mlflow.registered_model,
                                             predict_params=predict)
     # Windowing is a setting of this run (params or flags), never frozen into the model it loads.
@@ -302,7 +307,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
     try:
         params = _project_params()
-        name, uri = params.mlflow.registered_model, project.tracking_uri()
+        name, uri = params.mlflow.registered_model, project.checked_tracking_uri()
         alias = args.alias or loader.CHAMPION
         tracking.promote(uri, name, args.version, alias)
         info = loader.model_version_info(uri, f"models:/{name}@{alias}")
@@ -332,6 +337,11 @@ def run_tune(args: argparse.Namespace) -> int:
     except (ParamsError, FileNotFoundError) as exc:
         print(f"ser tune: {exc}", file=sys.stderr)
         return 2
+    try:
+        uri = project.checked_tracking_uri()
+    except project.TrackingUnavailable as exc:
+        print(f"ser tune: {exc}", file=sys.stderr)
+        return 2
     root = project.repo_root()
     inputs = {name: root / getattr(args, name) for name in TRAIN_INPUTS}
     missing = [str(path) for name, path in inputs.items() if name != "augmented" and not path.exists()]
@@ -349,7 +359,7 @@ def run_tune(args: argparse.Namespace) -> int:
         _, features, augmented = load_training_inputs(inputs["features"], inputs["augmented"], searched, params.train)
         result = search(pd.read_parquet(inputs["metadata"]), features, augmented, params,
                         ray_dir=root / settings.ray_dir, address=args.address or os.environ.get("RAY_ADDRESS"),
-                        tracking=SearchTracking(project.tracking_uri(), params, project.experiment_tags()))
+                        tracking=SearchTracking(uri, params, project.experiment_tags()))
     except (ParamsError, ValueError) as exc:
         print(f"ser tune: {exc}", file=sys.stderr)
         return 2

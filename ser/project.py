@@ -7,7 +7,10 @@ arguments, so it works the same inside DVC, in a notebook or in a served model.
 - ``repo_root()``: ``DVC_ROOT`` when DVC runs the stage (it points at the main work tree even
   for ``dvc exp run --temp`` / ``--queue`` workers, so queued experiments share one MLflow
   store), else the nearest folder holding ``params.yaml``.
-- ``tracking_uri()``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``.
+- ``tracking_uri()``: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db``;
+  ``checked_tracking_uri()`` also asks a tracking server (``http(s)://``) once, so a server or
+  database that is down, or a refused login, stops an entry point before any work with one line
+  naming the URI (MLflow's client would retry for minutes, then print a traceback).
 - ``experiment_tags()`` / ``run_name()``: what ``dvc exp run`` says about the experiment.
 - ``builds_champion()``: whether this run is the pipeline of main (``dvc repro`` of the
   committed params, not an experiment), the only run allowed to move the ``champion`` alias.
@@ -48,6 +51,57 @@ def load_params(path: str | os.PathLike | None = None) -> schema.Params:
 
 def tracking_uri(root: str | os.PathLike | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or repo_root()) / 'mlflow.db'}"
+
+
+class TrackingUnavailable(ValueError):
+    """The tracking server named by the URI cannot take runs now (down, its database down, login refused)."""
+
+
+def checked_tracking_uri(root: str | os.PathLike | None = None, timeout_s: float = 10.0) -> str:
+    """:func:`tracking_uri`, after one request to it when it is a server (a local store needs none).
+
+    The request lists one experiment, so it passes through the login and reaches the database;
+    credentials come from ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` (or ``_TOKEN``) as MLflow's
+    client reads them."""
+    uri = tracking_uri(root)
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    import requests
+
+    auth, headers = None, {}
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    try:
+        answer = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                              auth=auth, headers=headers, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer "
+                                  f"({type(exc).__name__}); start it (make team-up) or unset MLFLOW_TRACKING_URI "
+                                  "to use the local store") from None
+    if answer.status_code == 401:
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} refused the login: set MLFLOW_TRACKING_USERNAME "
+                                  "and MLFLOW_TRACKING_PASSWORD to an account on it")
+    if answer.status_code == 403:
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} denied user "
+                                  f"{os.environ.get('MLFLOW_TRACKING_USERNAME')!r} access")
+    if answer.status_code != 200:
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} answers {answer.status_code} "
+                                  f"({_first_line(answer.text)}): its database may be down (make team-up "
+                                  "restarts it)")
+    return uri
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    try:  # MLflow's errors are JSON with a message
+        import json
+
+        text = json.loads(text).get("message", text)
+    except (ValueError, AttributeError):
+        pass
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "no message")
+    return line[:limit]
 
 
 def experiment_tags() -> dict[str, str]:

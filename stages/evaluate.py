@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ser import project
@@ -28,11 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args(argv)
     params = project.load_params(args.params)
+    run = read_run_file(args.train)
+    if run["tracking_uri"] == project.tracking_uri():  # the training run's store: ask it before writing metrics
+        try:
+            project.checked_tracking_uri()
+        except project.TrackingUnavailable as exc:
+            sys.exit(f"evaluate: {exc}")
     summary, report = evaluate(args.train, args.metrics, args.plots, protocol=params.split.protocol,
                                calibration_path=args.calibration, cross_corpus_path=args.cross_corpus)
     log_evaluation(args.train, summary, args.plots, report, params_file=project.params_path(args.params))
     version = register_served_model(args.train, params.predict, params.serve)
-    run = read_run_file(args.train)
     if project.builds_champion(args.params):
         promote(run["tracking_uri"], run["registered_model"], version)
         print(f"{run['registered_model']} version {version} is now @{CHAMPION} (the default of ser predict / ser serve)")

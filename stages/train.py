@@ -7,6 +7,7 @@ model is logged and registered by the evaluate stage, with the predict and serve
 from __future__ import annotations
 
 import argparse
+import sys
 import logging
 from pathlib import Path
 
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> None:
 
     params = project.load_params(args.params)
     model = params.model
-    tracking = RunSettings(uri=project.tracking_uri(), experiment=params.mlflow.experiment,
+    try:  # before any work: a server or database that is down stops the stage with one line
+        uri = project.checked_tracking_uri()
+    except project.TrackingUnavailable as exc:
+        sys.exit(f"train: {exc}")
+    tracking = RunSettings(uri=uri, experiment=params.mlflow.experiment,
                            registered_model=params.mlflow.registered_model,
                            run_name=project.run_name(model.type), logged_params=params.as_dict(),
                            tags=project.experiment_tags(), dataset_source=str(args.metadata))

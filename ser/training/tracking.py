@@ -5,9 +5,9 @@ The store's URI is an argument (entry points take it from ``ser.project.tracking
 MLflow is imported inside the functions that use it: :func:`load_predictor` (``ser predict``)
 imports only what resolving a model URI needs, and nothing of MLflow for a folder.
 Loading a logged model back (``ser predict``, ``ser serve``) is :mod:`ser.serving.loader`.
-Two ``dvc exp`` queue workers may touch a SQLite store at the same moment; store set-up and the
-first writes are retried on "database is locked" and on the experiment being created
-concurrently.
+Two ``dvc exp`` queue workers may touch a SQLite store (or a tracking server) at the same moment;
+store set-up and the first writes are retried on "database is locked" and on the experiment or
+the dataset being created concurrently.
 """
 
 from __future__ import annotations
@@ -196,7 +196,10 @@ class TrainingRun:
         self.run_id = run.info.run_id
         logged = loggable_params(s.logged_params)
         retry(lambda: mlflow.log_params(logged))
-        mlflow.log_input(training_dataset(self.metadata, s.dataset_source, self.target), context="training")
+        dataset = training_dataset(self.metadata, s.dataset_source, self.target)
+        # Two runs of one dataset may insert its row at once (a server on PostgreSQL answers the
+        # loser with a unique violation); the retry finds the row and links it.
+        retry(lambda: mlflow.log_input(dataset, context="training"))
         return run
 
     def fold(self, fold: int):
