@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ser.data.corpora.base import GENDERS, is_audio
-from ser.data.metadata import COLUMNS
+from ser.data.metadata import COLUMNS, keep_ids_unique
 from ser.params import CustomCorpusParams, typed
 
 LABELS_NAME = "labels.csv"
@@ -265,12 +265,8 @@ def label_rows(name: str, spec: CustomCorpusParams | dict[str, Any], folder: str
                        problem=f"excluded: data.custom.{name}.emotions maps label '{e.emotion}' to null")
         elif not absolute.is_file():
             row.update(status="quarantined", problem=f"missing: {e.path} ({e.origin}) does not exist")
-        first = seen.setdefault(row["utterance_id"], e.origin)
-        if first != e.origin:
-            # Listed twice (or two files differing only by extension): ids must stay unique.
-            number = sum(1 for r in rows if r["utterance_id"].startswith(row["utterance_id"] + "__")) + 2
-            row.update(utterance_id=f"{row['utterance_id']}__{number}", status="quarantined",
-                       problem=f"the same file as {first}")
+        # Listed twice (or two files differing only by extension).
+        keep_ids_unique(row, seen, rows, e.origin, "the same file as")
         row["_absolute"] = str(absolute)
         rows.append(row)
     return rows

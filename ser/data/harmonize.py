@@ -27,7 +27,7 @@ from ser.data.corpora.base import FileNameError, is_audio
 from ser.runtime import make_executor
 from ser.runtime.executor import Executor
 from ser.runtime.ray_executor import ray_options
-from ser.data.metadata import COLUMNS, write_metadata
+from ser.data.metadata import COLUMNS, keep_ids_unique, write_metadata
 from ser.params import DataParams, typed
 
 
@@ -103,12 +103,7 @@ def label_rows(corpus: str, folder: Path, root: Path) -> list[dict[str, Any]]:
             row.update(utterance_id=f"{corpus}_{clip.name}", speaker=f"{corpus}_{clip.speaker}",
                        gender=clip.gender, emotion=clip.emotion, emotion_raw=clip.emotion_raw,
                        intensity=clip.intensity, statement=clip.statement)
-        first = seen.setdefault(row["utterance_id"], row["path"])
-        if first != row["path"]:
-            # The same clip name twice (e.g. flat and nested copies): ids must stay unique.
-            number = sum(1 for r in rows if r["utterance_id"].startswith(row["utterance_id"] + "__")) + 2
-            row.update(utterance_id=f"{row['utterance_id']}__{number}", status="quarantined",
-                       problem=f"same clip name as {first}")
+        keep_ids_unique(row, seen, rows, row["path"], "same clip name as")  # e.g. flat and nested copies
         row["_absolute"] = str(absolute)
         rows.append(row)
     return rows

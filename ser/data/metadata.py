@@ -120,3 +120,13 @@ def read_metadata(path: str | os.PathLike, *, only_ok: bool = False) -> pd.DataF
     validate(table)
     frame = table.to_pandas()
     return frame[frame["status"] == "ok"].reset_index(drop=True) if only_ok else frame
+
+
+def keep_ids_unique(row: dict, seen: dict[str, str], rows: list[dict], origin: str, problem: str) -> None:
+    """Quarantine ``row`` under a suffixed id (``<id>__2``, ...) when an earlier row from another
+    ``origin`` has its id: ids must stay unique, and the clip is kept in the table with ``problem``."""
+    first = seen.setdefault(row["utterance_id"], origin)
+    if first != origin:
+        number = sum(1 for r in rows if r["utterance_id"].startswith(row["utterance_id"] + "__")) + 2
+        row.update(utterance_id=f"{row['utterance_id']}__{number}", status="quarantined",
+                   problem=f"{problem} {first}")

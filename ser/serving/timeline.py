@@ -26,17 +26,16 @@ import numpy as np
 from ser.audio import (AudioSource, cut_ranges, describe_source, envelope_sizes, frame_energies, load_audio, normalize,
                        resampled_blocks, streamable_frames, trim_span)
 from ser.params import SegmentParams, typed
-from ser.serving.predict import answer, failure_message, iter_audio_files, progress_bar, window_ranges
+from ser.serving.predict import (WindowPrediction, answer, failure_message, iter_audio_files, progress_bar,
+                                 window_ranges)
 
 FLOOR_PERCENTILE = 10
 
 
 @dataclass(frozen=True)
-class Segment:
-    start_s: float
-    end_s: float
-    label: str
-    probabilities: dict[str, float]
+class Segment(WindowPrediction):
+    """A stretch of speech: a window prediction over the segment, smoothed across its windows."""
+
     windows: int
 
     @property
