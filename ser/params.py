@@ -574,6 +574,8 @@ def typed(schema: type[SectionT], values: Any, prefix: str = "", source: str = "
         return values
     if isinstance(values, Section):
         values = values.as_dict()
+    if schema is Params:  # the whole file: its Keras family blocks are completed there
+        return validate(values, source)
     if schema is ModelParams:
         values = with_keras_defaults(values)
     if not prefix and schema is not Params:  # errors name the dotted key from the file's top
@@ -583,15 +585,33 @@ def typed(schema: type[SectionT], values: Any, prefix: str = "", source: str = "
 
 def override(params: SectionT, changes: dict[str, Any]) -> SectionT:
     """A copy of ``params`` with dotted keys replaced and validated again, as
-    ``dvc exp run -S key=value`` would: ``override(params, {"model.type": "lstm"})``."""
+    ``dvc exp run -S key=value`` would: ``override(params, {"model.type": "lstm"})``.
+
+    ``params`` holds the Keras family blocks completed from ``model.keras``, so a change of
+    ``model.keras.<key>`` is also made in every family block whose value equals the old shared
+    one (what completing the changed file would give; a family that wrote the same value as the
+    shared one itself cannot be told apart and follows too). Changes of ``model.keras.*`` are made
+    before those of the family blocks, so ``{"model.keras.epochs": 5, "model.lstm.epochs": 9}``
+    leaves lstm at 9 in either order."""
     values = copy.deepcopy(params.as_dict())
-    for dotted, value in changes.items():
+    keras = {Params: ["model", "keras"], ModelParams: ["keras"]}.get(type(params))
+
+    def shared(dotted: str) -> bool:
+        return keras is not None and dotted.split(".")[:-1] == keras
+
+    for dotted, value in sorted(changes.items(), key=lambda item: not shared(item[0])):
         *path, last = dotted.split(".")
         target = values
         for key in path:
             if not isinstance(target.get(key), dict):
                 raise ParamsError(f"{dotted}: no section {key!r} to set a key in")
-            target = target[key]
+            parent, target = target, target[key]
+        if shared(dotted) and last in target:
+            old = target[last]
+            for family in KERAS_FAMILIES:
+                block = parent.get(family)
+                if isinstance(block, dict) and last in block and block[last] == old:
+                    block[last] = copy.deepcopy(value)
         target[last] = value
     return typed(type(params), values, source="override")
 

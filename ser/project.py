@@ -57,13 +57,15 @@ class TrackingUnavailable(ValueError):
     """The tracking server named by the URI cannot take runs now (down, its database down, login refused)."""
 
 
-def checked_tracking_uri(root: str | os.PathLike | None = None, timeout_s: float = 10.0) -> str:
-    """:func:`tracking_uri`, after one request to it when it is a server (a local store needs none).
+def checked_tracking_uri(root: str | os.PathLike | None = None, timeout_s: float = 10.0, uri: str | None = None) -> str:
+    """:func:`tracking_uri` (or ``uri``, e.g. a training run's store from run.json), after one
+    request to it when it is a server (a local store needs none).
 
     The request lists one experiment, so it passes through the login and reaches the database;
     credentials come from ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` (or ``_TOKEN``) as MLflow's
     client reads them."""
-    uri = tracking_uri(root)
+    named = "MLFLOW_TRACKING_URI" if uri is None else "the training run's tracking URI"
+    uri = tracking_uri(root) if uri is None else uri
     if not uri.startswith(("http://", "https://")):
         return uri
     import requests
@@ -77,9 +79,10 @@ def checked_tracking_uri(root: str | os.PathLike | None = None, timeout_s: float
         answer = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
                               auth=auth, headers=headers, timeout=timeout_s)
     except requests.RequestException as exc:
-        raise TrackingUnavailable(f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer "
-                                  f"({type(exc).__name__}); start it (make team-up) or unset MLFLOW_TRACKING_URI "
-                                  "to use the local store") from None
+        advice = ("unset MLFLOW_TRACKING_URI to use the local store" if named == "MLFLOW_TRACKING_URI"
+                  else "train again against the store you mean to use")
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} ({named}) does not answer "
+                                  f"({type(exc).__name__}); start it (make team-up) or {advice}") from None
     if answer.status_code == 401:
         raise TrackingUnavailable(f"the MLflow tracking server {uri} refused the login: set MLFLOW_TRACKING_USERNAME "
                                   "and MLFLOW_TRACKING_PASSWORD to an account on it")

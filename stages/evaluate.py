@@ -30,11 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = project.load_params(args.params)
     run = read_run_file(args.train)
-    if run["tracking_uri"] == project.tracking_uri():  # the training run's store: ask it before writing metrics
-        try:
-            project.checked_tracking_uri()
-        except project.TrackingUnavailable as exc:
-            sys.exit(f"evaluate: {exc}")
+    try:  # the training run's store (what run.json names, whatever the environment says now): ask it first
+        project.checked_tracking_uri(uri=run["tracking_uri"])
+    except project.TrackingUnavailable as exc:
+        sys.exit(f"evaluate: {exc}")
     summary, report = evaluate(args.train, args.metrics, args.plots, protocol=params.split.protocol,
                                calibration_path=args.calibration, cross_corpus_path=args.cross_corpus)
     log_evaluation(args.train, summary, args.plots, report, params_file=project.params_path(args.params))

@@ -15,6 +15,7 @@ from typing import get_args
 
 import pandas as pd
 import pytest
+import soundfile
 import yaml
 
 from ser.data.corpora import CORPORA
@@ -391,3 +392,78 @@ def test_the_readme_example_declares_a_working_corpus(tmp_path, real_mirror):
     entries = declared_files("mine", custom["mine"], tmp_path)
     assert sorted((e.emotion, e.speaker) for e in entries) == [
         ("trauer", "anna11"), ("trauer", "anna12"), ("wut", "anna11"), ("wut", "anna12")]
+
+
+def harmonize_tree(root: Path, name: str, spec: dict) -> pd.DataFrame:
+    """Download (copy) and harmonize one folder-tree corpus; the table is written, so it keeps its contract."""
+    custom = {name: spec}
+    obtain([name], root / "data" / "raw", settings=SETTINGS, custom=custom, base=root)
+    frame = harmonize(root / "data" / "raw", [name], data_params([name], custom), root=root, executor=SERIAL)
+    write_metadata(frame, root / "metadata.parquet")
+    return frame.set_index("utterance_id")
+
+
+def test_a_speaker_pattern_matching_an_empty_speaker_quarantines_that_file(tmp_path, real_mirror):
+    tree = tmp_path / "empty_speaker"
+    (tree / "wut").mkdir(parents=True)
+    for stem, actor in (("spk01_a", "01"), ("spk_b", "02"), ("other_c", "03")):
+        shutil.copy(ravdess_clip(real_mirror, f"03-01-05-01-01-01-{actor}"), tree / "wut" / f"{stem}.flac")
+    # speaker group empty (spk_b) or not taking part (other_c)
+    rows = harmonize_tree(tmp_path, "emp", tree_spec(str(tree), pattern=r"^(?:spk(?P<speaker>\d*)_|other)"))
+    assert rows.loc["emp_wut_spk01_a", "status"] == "ok" and rows.loc["emp_wut_spk01_a", "speaker"] == "emp_01"
+    for stem in ("spk_b", "other_c"):
+        row = rows.loc[f"emp_wut_{stem}"]
+        assert row["status"] == "quarantined" and pd.isna(row["speaker"])
+        assert row["problem"].startswith(f"file name '{stem}': data.custom.emp.speaker_pattern")
+        assert row["problem"].endswith("matched an empty speaker")
+
+
+def test_clip_ids_stay_unique_when_a_suffixed_id_is_also_a_file_name(tmp_path, real_mirror):
+    tree = tmp_path / "suffixes"
+    (tree / "wut").mkdir(parents=True)
+    (tree / "wut_x").mkdir(parents=True)
+    clips = {"wut/spk01_a.flac": "01", "wut/spk01_a.wav": "02", "wut/spk01_a__2.wav": "03",
+             "wut/x_spk01_b.flac": "04", "wut_x/spk01_b.flac": "05"}
+    for relative, actor in clips.items():
+        source = ravdess_clip(real_mirror, f"03-01-05-01-01-01-{actor}")
+        if relative.endswith(".wav"):
+            audio, rate = soundfile.read(source)
+            soundfile.write(tree / relative, audio, rate)
+        else:
+            shutil.copy(source, tree / relative)
+    spec = tree_spec(str(tree), pattern=r"spk(?P<speaker>\d+)_")
+    spec["emotions"]["wut_x"] = "angry"
+    rows = harmonize_tree(tmp_path, "m", spec)
+    assert rows.index.is_unique and len(rows) == len(clips)
+    assert rows.loc["m_wut_spk01_a", "status"] == "ok"
+    # spk01_a.wav takes the suffix __2; the file spk01_a__2.wav (whose own id that is) moves on
+    assert rows.loc["m_wut_spk01_a__2", "path"].endswith("wut/spk01_a.wav")
+    assert rows.loc["m_wut_spk01_a__2", "problem"] == "the same clip id as suffixes/wut/spk01_a.flac"
+    moved = rows[rows["path"].str.endswith("wut/spk01_a__2.wav")].iloc[0]
+    assert moved.name == "m_wut_spk01_a__2__2" and moved["status"] == "quarantined"
+    # two different recordings whose paths give one id are not "the same file"
+    assert rows.loc["m_wut_x_spk01_b", "path"].endswith("wut/x_spk01_b.flac")
+    other = rows[rows["path"].str.endswith("wut_x/spk01_b.flac")].iloc[0]
+    assert other["problem"] == "the same clip id as suffixes/wut/x_spk01_b.flac" and other.name == "m_wut_x_spk01_b__2"
+
+
+def test_a_manifest_that_is_not_utf8_or_not_csv_is_named(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,emotion,speaker\nclips/ä.wav,anger,Jürgen\n".encode("latin-1"))
+    with pytest.raises(CustomCorpusError, match=r"latin\.csv: not UTF-8 text .*save it as UTF-8 CSV"):
+        declared_files("x", csv_spec(str(latin)), tmp_path)
+    huge = tmp_path / "huge.csv"
+    huge.write_text('path,emotion,speaker\n"' + "x" * 200_000 + '",anger,DC\n')
+    with pytest.raises(CustomCorpusError, match=r"huge\.csv: not a CSV file that can be read .*save it as UTF-8 CSV"):
+        declared_files("x", csv_spec(str(huge)), tmp_path)
+
+
+def test_a_file_listed_twice_is_the_same_file(tmp_path, real_mirror):
+    (tmp_path / "clips").mkdir()
+    shutil.copy(ravdess_clip(real_mirror, "03-01-05-01-01-01-01"), tmp_path / "clips" / "a.flac")
+    (tmp_path / "twice.csv").write_text("path,emotion,speaker\nclips/a.flac,anger,DC\nclips/a.flac,anger,DC\n")
+    custom = {"twice": csv_spec(str(tmp_path / "twice.csv"))}
+    obtain(["twice"], tmp_path / "data" / "raw", settings=SETTINGS, custom=custom, base=tmp_path)
+    frame = harmonize(tmp_path / "data" / "raw", ["twice"], data_params(["twice"], custom), root=tmp_path,
+                      executor=SERIAL).set_index("utterance_id")
+    assert frame.loc["twice_clips_a__2", "problem"] == "the same file as twice.csv row 2"

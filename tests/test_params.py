@@ -157,3 +157,32 @@ def test_no_params_defaults_hide_in_the_library():
                     and isinstance(node.func.value, ast.Name) and node.func.value.id in names):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_whole_file_types_as_written_like_load():
+    """``typed(Params, ...)`` completes the Keras family blocks, as :func:`load` does."""
+    from ser.params import Params
+
+    loaded = load(REPO / "params.yaml")
+    assert typed(Params, raw_params()) == loaded
+    assert typed(Params, loaded) is loaded
+    with pytest.raises(ParamsError, match=r"audio\.sample_rate"):
+        typed(Params, {**raw_params(), "audio": {**raw_params()["audio"], "sample_rate": "fast"}})
+
+
+@pytest.mark.parametrize("order", ["keras first", "family first"])
+def test_an_override_of_the_shared_keras_block_is_what_the_changed_file_gives(order):
+    raw = raw_params()
+    loaded = load(REPO / "params.yaml")
+    changes = {"model.keras.max_steps": 50, "model.keras.pooling": "mean", "model.gru.pooling": "attention"}
+    if order == "family first":
+        changes = dict(reversed(list(changes.items())))
+    changed = override(loaded, changes)
+    raw["model"]["keras"].update(max_steps=50, pooling="mean")
+    raw["model"]["gru"]["pooling"] = "attention"
+    assert changed == validate(raw, "params.yaml")  # dvc exp run -S would write the file, then load it
+    assert changed.model.lstm.max_steps == 50 and changed.model.cnn1d.max_steps == 100  # cnn1d writes its own
+    assert changed.model.cnn2d.pooling == "attention" and changed.model.lstm.pooling == "mean"
+    # a model section alone takes keras.<key> the same way
+    alone = override(loaded.model, {"keras.max_steps": 50})
+    assert alone.lstm.max_steps == alone.keras.max_steps == 50 and alone.cnn1d.max_steps == 100

@@ -127,6 +127,78 @@ def test_team_up_refuses_a_missing_or_short_password(tmp_path):
     assert subprocess.run(["pgrep", "-f", str(folder)], capture_output=True).returncode == 1
 
 
+def test_secrets_are_never_readable_by_others_and_the_folder_is_closed(tmp_path, monkeypatch):
+    module = team_module()
+    previous = os.umask(0)  # the widest a file could be made: the mode comes from the open itself
+    try:
+        team = module.Team(tmp_path / "team", {"SER_TEAM_ADMIN_PASSWORD": PASSWORD})
+        monkeypatch.setattr(module.Team, "start_db", lambda self: None)
+        monkeypatch.setattr(module.Team, "start_server", lambda self, password: None)
+        team.up()
+        assert (team.folder.stat().st_mode & 0o777) == 0o700
+        secret = team.secret("db_password")
+        assert len(secret) > 30 and ((team.folder / "db_password").stat().st_mode & 0o777) == 0o600
+        assert team.secret("db_password") == secret
+        opened = team.folder / "basic_auth.ini"
+        opened.write_text("old")
+        opened.chmod(0o644)
+        module.write_private(opened, "new")
+        assert opened.read_text() == "new" and (opened.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(previous)
+
+
+def test_an_empty_pid_file_or_a_failing_step_is_one_line(tmp_path, monkeypatch, capsys):
+    import psycopg2
+
+    module = team_module()
+    folder = tmp_path / "team"
+    folder.mkdir()
+    (folder / "mlflow.pid").write_text("")
+    team = module.Team(folder, {"SER_TEAM_ADMIN_PASSWORD": PASSWORD})
+    assert team.server_pid() is None
+    team.stop_server()  # nothing to stop; the stale file goes
+    assert not (folder / "mlflow.pid").exists()
+    monkeypatch.setenv("SER_TEAM_DIR", str(folder))
+    monkeypatch.setenv("SER_TEAM_ADMIN_PASSWORD", PASSWORD)
+    stopped = []
+    monkeypatch.setattr(module.Team, "down", lambda self: stopped.append(True))
+    for error in (psycopg2.OperationalError('connection to server at "127.0.0.1", port 5433 failed:\n'
+                                            "Connection refused\n"),
+                  subprocess.TimeoutExpired(["pg_ctl", "start"], 90)):
+        def failing(self, error=error):
+            raise error
+
+        monkeypatch.setattr(module.Team, "start_db", failing)
+        assert module.main(["up"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("team up: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert type(error).__name__ in err
+    assert "Connection refused" in err or "timed out after 90 seconds" in err
+    assert stopped == [True, True]  # up() stopped what it had started each time
+
+
+def test_evaluate_asks_the_training_runs_store_whatever_the_environment_says(tmp_path, monkeypatch):
+    from ser import project
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the environment names the local store now
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(project.TrackingUnavailable, match=r"(?s)" + down + r" \(the training run's tracking URI\) "
+                       "does not answer.*train again"):
+        project.checked_tracking_uri(uri=down, timeout_s=2)
+    local = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert project.checked_tracking_uri(uri=local) == local
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "run.json").write_text(json.dumps({"run_id": "0" * 32, "tracking_uri": down,
+                                                              "registered_model": "ser-emotion"}))
+    evaluate = subprocess.run([PYTHON, str(REPO / "stages" / "evaluate.py"), "--train", str(tmp_path / "train"),
+                               "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots"),
+                               "--params", str(REPO / "params.yaml")], cwd=tmp_path, env=base_env(),
+                              capture_output=True, text=True, timeout=120)
+    assert evaluate.returncode == 1 and f"evaluate: the MLflow tracking server {down}" in evaluate.stderr
+    assert "Traceback" not in evaluate.stderr and not (tmp_path / "m.json").exists()
+
+
 def test_a_run_logged_through_the_server_lands_in_postgresql_and_its_artifacts_download(team, tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts

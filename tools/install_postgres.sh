@@ -15,6 +15,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
+# tools/team.py runs its own cluster in .team/: keep the package from creating (and starting) a
+# "main" cluster on port 5432 that nobody uses
+mkdir -p /etc/postgresql-common/createcluster.d
+if [ ! -e /etc/postgresql-common/createcluster.d/ser.conf ]; then
+  echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/ser.conf
+fi
 apt-get update -q
-# tools/team.py runs its own cluster in .team/; the package's default cluster is not used
 apt-get install -y -q postgresql

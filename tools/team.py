@@ -51,6 +51,14 @@ class TeamError(RuntimeError):
     """A setting or a step of bringing the team's servers up or down failed; the message says which."""
 
 
+def write_private(file: Path, text: str) -> None:
+    """Write ``file`` readable by its owner only from the start (never briefly open to others)."""
+    descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        os.fchmod(descriptor, 0o600)  # a file that was already there keeps no wider mode
+        out.write(text)
+
+
 class Team:
     def __init__(self, folder: str | os.PathLike | None = None, env: dict[str, str] | None = None):
         env = os.environ if env is None else env
@@ -96,8 +104,7 @@ class Team:
         """A random value generated once and kept in the team folder (mode 600)."""
         file = self.folder / name
         if not file.is_file():
-            file.write_text(secrets.token_urlsafe(32))
-            file.chmod(0o600)
+            write_private(file, secrets.token_urlsafe(32))
         return file.read_text().strip()
 
     def db_uri(self, database: str, driver: str = "") -> str:
@@ -160,8 +167,7 @@ class Team:
         self.pg.chmod(0o700)
         # the superuser's password reaches initdb in a file only it reads, never on a command line
         pwfile = self.folder / "initdb.pw"
-        pwfile.write_text(self.secret("db_password") + "\n")
-        pwfile.chmod(0o600)
+        write_private(pwfile, self.secret("db_password") + "\n")
         if user:
             shutil.chown(pwfile, user)
         try:
@@ -201,7 +207,10 @@ class Team:
         file = self.folder / "mlflow.pid"
         if not file.is_file():
             return None
-        pid = int(file.read_text())
+        try:
+            pid = int(file.read_text())
+        except (OSError, ValueError):  # empty or garbled (a start cut short): no server of ours
+            return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
@@ -212,12 +221,11 @@ class Team:
         if self.server_pid():
             return
         config = self.folder / "basic_auth.ini"
-        config.write_text("[mlflow]\ndefault_permission = READ\n"
-                          f"database_uri = {self.db_uri('mlflow_auth', '+psycopg2')}\nadmin_username = {ADMIN}\n"
-                          # a password check costs ~0.2 s of PBKDF2 per request without the cache; a
-                          # changed password reaches every worker within this many seconds
-                          "auth_cache_ttl_seconds = 60\n")
-        config.chmod(0o600)
+        write_private(config, "[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = {self.db_uri('mlflow_auth', '+psycopg2')}\nadmin_username = {ADMIN}\n"
+                      # a password check costs ~0.2 s of PBKDF2 per request without the cache; a
+                      # changed password reaches every worker within this many seconds
+                      "auth_cache_ttl_seconds = 60\n")
         if "://" not in self.artifacts:
             Path(self.artifacts).mkdir(parents=True, exist_ok=True)
         env = {**os.environ,
@@ -269,7 +277,8 @@ class Team:
     # ---- the commands -------------------------------------------------------------------------
     def up(self) -> None:
         password = self.admin_password()  # before anything starts: no password, nothing runs
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # closed to others; init_db opens it to traversal (0711) when PostgreSQL runs as another user
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.start_db()
             self.start_server(password)
@@ -311,7 +320,20 @@ def main(argv: list[str] | None = None) -> int:
     except TeamError as exc:
         print(f"team {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (subprocess.TimeoutExpired, ValueError, OSError, *database_errors()) as exc:
+        # up() has already stopped what it started; one line, not a traceback
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"team {args.command}: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 2
     return 0
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg2
+    except ImportError:
+        return ()
+    return (psycopg2.Error,)
 
 
 if __name__ == "__main__":

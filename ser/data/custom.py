@@ -97,19 +97,26 @@ def _from_manifest(name: str, spec: CustomCorpusParams, base: Path) -> tuple[lis
     manifest = _located(base, spec.manifest)
     if not manifest.is_file():
         raise CustomCorpusError(f"data.custom.{name}.manifest: {manifest} does not exist")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [column.strip() for column in reader.fieldnames or []]
-        missing = [c for c in MANIFEST_REQUIRED if c not in header]
-        unknown = [c for c in header if c not in MANIFEST_REQUIRED + MANIFEST_OPTIONAL]
-        if missing or unknown:
-            raise CustomCorpusError(
-                f"{manifest}: the header must name {', '.join(MANIFEST_REQUIRED)} (and may name "
-                f"{', '.join(MANIFEST_OPTIONAL)}); " + "; ".join(
-                    ([f"missing {', '.join(missing)}"] if missing else [])
-                    + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
-        reader.fieldnames = header
-        rows = list(reader)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [column.strip() for column in reader.fieldnames or []]
+            missing = [c for c in MANIFEST_REQUIRED if c not in header]
+            unknown = [c for c in header if c not in MANIFEST_REQUIRED + MANIFEST_OPTIONAL]
+            if missing or unknown:
+                raise CustomCorpusError(
+                    f"{manifest}: the header must name {', '.join(MANIFEST_REQUIRED)} (and may name "
+                    f"{', '.join(MANIFEST_OPTIONAL)}); " + "; ".join(
+                        ([f"missing {', '.join(missing)}"] if missing else [])
+                        + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
+            reader.fieldnames = header
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise CustomCorpusError(f"{manifest}: not UTF-8 text (byte {exc.start} cannot be decoded: {exc.reason}); "
+                                "save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise CustomCorpusError(f"{manifest}: not a CSV file that can be read ({exc}); save it as UTF-8 CSV "
+                                "(comma-separated, one row per line)") from None
     entries, problems = [], []
     # Row numbers as a spreadsheet shows them: the header is row 1.
     for number, row in enumerate(rows, start=2):
@@ -159,8 +166,13 @@ def _from_tree(name: str, spec: CustomCorpusParams, base: Path) -> tuple[list[De
                     problem = (f"file name: '{relative.stem}' does not match data.custom.{name}.speaker_pattern "
                                f"'{spec.speaker_pattern}'")
                 else:
-                    groups = found.groupdict()
-                    speaker = groups.get("speaker") or (found.group(1) if found.groups() else found.group(0))
+                    if "speaker" in pattern.groupindex:
+                        speaker = found.group("speaker")
+                    else:
+                        speaker = found.group(1) if pattern.groups else found.group(0)
+                    if not speaker:  # the group matched nothing, or did not take part in the match
+                        speaker, problem = "", (f"file name '{relative.stem}': data.custom.{name}.speaker_pattern "
+                                                f"'{spec.speaker_pattern}' matched an empty speaker")
             else:
                 # One speaker per folder: the folder below the label, else the whole tree.
                 speaker = relative.parts[1] if len(relative.parts) > 2 else root.name
@@ -249,7 +261,7 @@ def label_rows(name: str, spec: CustomCorpusParams | dict[str, Any], folder: str
                                 "first (dvc repro download)")
     entries = read_labels(folder)
     check_labels(name, spec, entries)
-    rows, seen = [], {}
+    rows, seen, paths = [], {}, {}
     for e in entries:
         absolute = folder / e.path
         row: dict[str, Any] = {column: None for column in COLUMNS}
@@ -265,8 +277,11 @@ def label_rows(name: str, spec: CustomCorpusParams | dict[str, Any], folder: str
                        problem=f"excluded: data.custom.{name}.emotions maps label '{e.emotion}' to null")
         elif not absolute.is_file():
             row.update(status="quarantined", problem=f"missing: {e.path} ({e.origin}) does not exist")
-        # Listed twice (or two files differing only by extension).
-        keep_ids_unique(row, seen, rows, e.origin, "the same file as")
+        # Listed twice; or two files whose paths give one id (differing only by extension, or
+        # by where a "/" or a "_" stands: utterance_stem joins the folders with "_").
+        same = paths.get(row["utterance_id"], e.path) == e.path
+        keep_ids_unique(row, seen, rows, e.origin, "the same file as" if same else "the same clip id as")
+        paths.setdefault(row["utterance_id"], e.path)
         row["_absolute"] = str(absolute)
         rows.append(row)
     return rows

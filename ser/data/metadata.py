@@ -124,9 +124,15 @@ def read_metadata(path: str | os.PathLike, *, only_ok: bool = False) -> pd.DataF
 
 def keep_ids_unique(row: dict, seen: dict[str, str], rows: list[dict], origin: str, problem: str) -> None:
     """Quarantine ``row`` under a suffixed id (``<id>__2``, ...) when an earlier row from another
-    ``origin`` has its id: ids must stay unique, and the clip is kept in the table with ``problem``."""
+    ``origin`` has its id: ids must stay unique, and the clip is kept in the table with ``problem``.
+
+    A suffix that is itself taken (a file named ``<id>__2`` of its own, or an earlier suffixed
+    row) moves on to the next free number; every id given out is recorded in ``seen``."""
     first = seen.setdefault(row["utterance_id"], origin)
     if first != origin:
-        number = sum(1 for r in rows if r["utterance_id"].startswith(row["utterance_id"] + "__")) + 2
-        row.update(utterance_id=f"{row['utterance_id']}__{number}", status="quarantined",
-                   problem=f"{problem} {first}")
+        base = row["utterance_id"]
+        number = sum(1 for r in rows if r["utterance_id"].startswith(base + "__")) + 2
+        while f"{base}__{number}" in seen:
+            number += 1
+        row.update(utterance_id=f"{base}__{number}", status="quarantined", problem=f"{problem} {first}")
+        seen[row["utterance_id"]] = origin
