@@ -240,6 +240,10 @@ def run_predict(args: argparse.Namespace) -> int:
             print("ser predict: --timeline scores each recording alone; it cannot be combined with --normalize-by",
                   file=sys.stderr)
             return 2
+        if args.windows:
+            print("ser predict: --timeline answers per speech segment; it cannot be combined with --windows "
+                  "(--format json gives each segment's windows)", file=sys.stderr)
+            return 2
         return _run_timeline(predictor, args)
     try:
         # Progress on stderr (files, and windows of a long one), so stdout stays the answer alone.

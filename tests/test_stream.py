@@ -249,16 +249,24 @@ def test_garbage_closes_that_stream_with_a_reason_and_the_others_go_on(quiet_sit
 
 
 def test_a_frame_far_over_the_limit_is_cut_by_the_transport(quiet_site):
-    """uvicorn refuses it before buffering it whole (or resets the connection); the server is fine."""
+    """uvicorn refuses it before buffering it whole (or resets the connection), with its own
+    reason, not the app's; the server counts it as a frame too big and is fine."""
+    before = requests.get(f"{quiet_site}/health", timeout=10).json()["streams"]["closed"].get("frame_too_big", 0)
     ws = connect(quiet_site)
-    ready(ws)
     try:
-        ws.send_binary(b"\x00" * (5 * MAX_FRAME_BYTES))
-    except (ConnectionError, OSError):
-        pass
-    code, reason = closed_with(ws)
+        ready(ws)
+        try:
+            ws.send_binary(b"\x00" * (5 * MAX_FRAME_BYTES))
+        except (ConnectionError, OSError):
+            pass
+        code, reason = closed_with(ws)
+    finally:
+        ws.close()
     assert code in (1009, None), (code, reason)
-    report = wait_for_health(quiet_site, lambda r: r["streams"]["live"] == 0, timeout_s=30)
+    if code == 1009:  # the transport's cut, not the app's check of serve.stream_max_frame_bytes
+        assert "Message exceeds the maximum size" in reason and "stream_max_frame_bytes" not in reason, reason
+    report = wait_for_health(quiet_site, lambda r: r["streams"]["live"] == 0 and
+                             r["streams"]["closed"].get("frame_too_big", 0) == before + 1, timeout_s=30)
     assert report["status"] == "ok"
 
 
@@ -276,7 +284,11 @@ def test_the_server_declines_compressed_frames(quiet_site):
 
 
 def test_unknown_format_is_refused(quiet_site):
-    code, reason = closed_with(connect(quiet_site, "mp3"))
+    ws = connect(quiet_site, "mp3")
+    try:
+        code, reason = closed_with(ws)
+    finally:
+        ws.close()
     assert code == 1003 and "unknown format 'mp3'" in reason
 
 
@@ -291,6 +303,25 @@ def test_an_idle_stream_is_closed(quiet_site, real_mirror):
     assert IDLE_S - 0.2 <= waited <= IDLE_S + 3.0, waited
 
 
+def test_a_stream_sent_ahead_of_real_time_still_gets_the_whole_idle_time(quiet_site, real_mirror):
+    """Audio received counts toward serve.stream_max_s, but silence is measured on the clock:
+    with less audio time left than serve.stream_idle_s, the idle limit still waits it out."""
+    ahead_s = int(MAX_S - IDLE_S / 2)  # leaves less than IDLE_S of audio time
+    second = np.resize(pcm16(ravdess_clip(real_mirror, 14, "05")), RATE)
+    ws = connect(quiet_site)
+    try:
+        ready(ws)
+        for _ in range(ahead_s):
+            ws.send_binary(second.tobytes())
+        quiet_since = time.monotonic()
+        code, reason = closed_with(ws)
+        waited = time.monotonic() - quiet_since
+    finally:
+        ws.close()
+    assert code == 1008 and f"serve.stream_idle_s = {IDLE_S:g} s" in reason, reason
+    assert IDLE_S - 0.2 <= waited <= IDLE_S + 3.0, waited
+
+
 def test_a_stream_sent_faster_than_real_time_ends_at_the_duration_limit(quiet_site, real_mirror):
     """serve.stream_max_s counts audio received too, so a client cannot outrun it."""
     pcm = pcm16(ravdess_clip(real_mirror, 15, "03"))
@@ -300,7 +331,10 @@ def test_a_stream_sent_faster_than_real_time_ends_at_the_duration_limit(quiet_si
     second = np.resize(pcm, RATE)
     messages, closed = [], None
     for _ in range(int(MAX_S) + 2):
-        ws.send_binary(second.tobytes())  # a whole second per frame, as fast as the socket takes it
+        try:
+            ws.send_binary(second.tobytes())  # a whole second per frame, as fast as the socket takes it
+        except (ConnectionError, OSError):  # the server closed after the 20th
+            break
     while closed is None:
         kind, value = next_event(ws)
         if kind == "close":
@@ -319,8 +353,9 @@ def test_stream_updates_wait_their_turn_in_the_request_queue(bundle, real_mirror
 
     upload = wav_bytes(long_recording(real_mirror, 60.0), RATE)
     pcm = pcm16(ravdess_clip(real_mirror, 16, "05"))
+    # The stream waits out the 60 s upload: the idle limit must not end it meanwhile.
     with ser_serve("--model", str(bundle), "--workers", "1", "--max-queue", "1", "--timeout-s", "120",
-                   log_path=tmp_path / "serve.log") as (base, _):
+                   "--stream-idle-s", "120", log_path=tmp_path / "serve.log") as (base, _):
         ws = connect(base)
         try:
             ready(ws)

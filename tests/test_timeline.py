@@ -139,6 +139,30 @@ def test_pauses_shorter_than_min_silence_stay_inside_a_segment_and_silence_has_n
     assert speech_segments(frame_energies([y], RATE), y.size, RATE, burst) == []
 
 
+def test_a_timeline_that_fails_keeps_the_clips_answer(small_bundle, recording):
+    """The worker's answer to ``?timeline=true``: the segments' error in place of the timeline,
+    the label and probabilities of the clip as without it."""
+    from ser.params import load
+    from ser.serving import workers
+    from ser.serving.predict import load_bundle_predictor
+
+    path, _, _ = recording
+    predictor = load_bundle_predictor(small_bundle, load(REPO / "params.yaml").predict)
+    predictor.segments = None  # a server started without predict.segments cannot find speech
+    plain_kind, plain = workers.answer(predictor, path.read_bytes(), "long.wav", False)
+    kind, body = workers.answer(predictor, path.read_bytes(), "long.wav", False, True)
+    assert plain_kind == kind == "ok", body
+    answer, plain = json.loads(body), json.loads(plain)
+    assert "predict.segments" in answer["timeline"]["error"], answer["timeline"]
+    assert answer["label"] == plain["label"] and answer["probabilities"] == plain["probabilities"]
+
+
+def test_timeline_refuses_windows(small_bundle, recording):
+    result = run_ser("predict", "--timeline", "--windows", str(recording[0]), "--model", str(small_bundle))
+    assert result.returncode == 2 and "cannot be combined with --windows" in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
 @pytest.mark.slow
 def test_the_api_returns_the_timeline_when_asked(small_bundle, recording, tmp_path):
     path, _, truth = recording
@@ -215,6 +239,12 @@ def test_the_page_draws_the_timeline_strip_under_the_waveform(small_bundle, reco
             assert segment["label"] in block.get_attribute("textContent")
         colours = {b.value_of_css_property("background-color") for b in blocks}
         assert len(colours) == len({s["label"] for s in api["timeline"]["segments"]})  # a colour per emotion
+        # A timeline the server could not find ({"error": reason}): the reason where the strip was.
+        browser.execute_script('drawTimeline(document.getElementById("timeline"), '
+                               '{error: "ValueError: no predict.segments"}, arguments[0]);', shown)
+        assert not browser.find_elements(By.CSS_SELECTOR, "#timeline .timeline-strip")
+        note = browser.find_element(By.CSS_SELECTOR, "#timeline .timeline-error")
+        assert note.text == "No timeline: ValueError: no predict.segments"
 
 
 def test_the_report_draws_one_example_timeline_with_each_clip_found(small_bundle, real_mirror, tmp_path):

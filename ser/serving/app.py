@@ -7,7 +7,8 @@
                           clip as the model heard it: a waveform envelope (data arrays, drawn
                           by the page) and a log-mel spectrogram (PNG, data URI);
                           ``?timeline=true`` adds ``timeline``: the speech segments, each with
-                          start, end, emotion and probabilities (the page always asks for it)
+                          start, end, emotion and probabilities (the page always asks for it),
+                          or ``{"error": reason}`` when they cannot be found
     WS   /api/stream      live audio in, a label about every second out (see :mod:`ser.serving.stream`)
 
 The app itself never predicts: it admits a request (``serve.max_queue``), hands the clip to an

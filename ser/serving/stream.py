@@ -11,14 +11,16 @@ The protocol, one stream per connection (``?format=s16le`` by default, or ``f32l
               ``window_s`` seconds (fewer at the start); ``label`` is null with a ``detail``
               when the window holds no usable audio (silence);
               {"type": "skipped", "end_s", "detail"} when the server was too busy for it
+              or scoring it failed
 
 The server closes a stream with a WebSocket close code and a reason naming the limit:
-1013 (try again later) past ``serve.max_streams`` or while shutting down; 1003 for a text frame
-or an unknown format; 1007 for an empty frame, a partial sample or a non-finite float; 1009 for
-a frame over ``serve.stream_max_frame_bytes`` (uvicorn itself cuts frames over four times that,
-so a huge frame is never buffered; frames are never compressed, so none inflates past it); 1008 when the stream reached ``serve.stream_max_s``
-(the longer of wall clock and audio received, so a client sending faster than real time is
-bounded too) or sent nothing for ``serve.stream_idle_s``.
+1013 (try again later) past ``serve.max_streams``; 1003 for a text frame or an unknown format;
+1007 for an empty frame, a partial sample or a non-finite float; 1009 for a frame over
+``serve.stream_max_frame_bytes`` (uvicorn itself cuts frames over four times that, with its own
+reason, so a huge frame is never buffered; frames are never compressed, so none inflates past
+it); 1008 when the stream reached ``serve.stream_max_s`` (the longer of wall clock and audio
+received, so a client sending faster than real time is bounded too) or sent nothing for
+``serve.stream_idle_s``.
 
 Each window is scored exactly as an upload is: encoded as a WAV and handed to the same pool
 (``serve.max_queue`` admits it, ``serve.timeout_s`` bounds it), so a window's answer is what
@@ -138,7 +140,7 @@ class StreamHub:
         """One connection, from accept to close; never raises for what a client sent."""
         await websocket.accept()
         limits = self.limits
-        if self.live >= limits.max_streams or self.pool.status()["status"] == "stopping":
+        if self.live >= limits.max_streams:
             self.outcomes["refused_busy"] += 1
             reason = (f"server busy: {self.live} live streams, the most it takes (serve.max_streams); try again later"
                       if limits.max_streams else "live streams are off on this server (serve.max_streams = 0)")
@@ -195,8 +197,9 @@ class _Stream:
             await _close(self.websocket, closing.code, closing.reason)
             return {TOO_BIG: "frame_too_big", INVALID: "bad_frame", UNSUPPORTED: "bad_frame"}.get(
                 closing.code, "limit" if closing.code == POLICY else "error")
-        except WebSocketDisconnect:
-            return "client_closed"
+        except WebSocketDisconnect as disconnect:
+            # uvicorn ends the connection itself with 1009 for a frame over its ws_max_size
+            return "frame_too_big" if disconnect.code == TOO_BIG else "client_closed"
         finally:
             scorer.cancel()
             try:
@@ -210,14 +213,16 @@ class _Stream:
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
-            left = limits.max_s - max(loop.time() - started, self.received / limits.sample_rate)
-            if left <= 0:
+            elapsed = loop.time() - started
+            if limits.max_s - max(elapsed, self.received / limits.sample_rate) <= 0:
                 raise StreamClosed(POLICY, f"the stream reached serve.stream_max_s = {limits.max_s:g} s")
+            # Only the wall clock runs out while waiting: audio received does not grow meanwhile.
+            clock_left = limits.max_s - elapsed
             try:
-                message = await asyncio.wait_for(self.websocket.receive(), min(limits.idle_s, left))
+                message = await asyncio.wait_for(self.websocket.receive(), min(limits.idle_s, clock_left))
             except TimeoutError:
-                if limits.max_s - (loop.time() - started) <= 0:
-                    continue  # the top of the loop says which limit
+                if clock_left < limits.idle_s:
+                    continue  # the wall clock ran out first: the top of the loop says so
                 raise StreamClosed(POLICY, f"no audio for serve.stream_idle_s = {limits.idle_s:g} s") from None
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
@@ -250,21 +255,20 @@ class _Stream:
             try:
                 with pool.admitted() as ticket:
                     reply = await pool.run(ticket, (wav_of(window, self.dtype, rate), name, False))
+                if reply.kind == "ok":
+                    answer = json.loads(reply.body)
+                    scored = dict(label=answer["label"], confidence=answer["confidence"],
+                                  probabilities=answer["probabilities"])
+                else:  # silence the front end trims to nothing, or a window the model could not score
+                    scored = dict(label=None, confidence=None, probabilities=None, detail=str(reply.body))
             except Rejected as exc:
                 await self._send({"type": "skipped", **span, "detail": exc.message})
                 continue
-            except Exception as exc:  # one window that failed must not end the updates
+            except Exception as exc:  # one window that failed (or its answer) must not end the updates
                 await self._send({"type": "skipped", **span, "detail": f"{type(exc).__name__}: {exc}"})
                 continue
             self.index += 1
-            update = {"type": "update", "index": self.index, **span}
-            if reply.kind == "ok":
-                answer = json.loads(reply.body)
-                update.update(label=answer["label"], confidence=answer["confidence"],
-                              probabilities=answer["probabilities"])
-            else:  # silence the front end trims to nothing, or a window the model could not score
-                update.update(label=None, confidence=None, probabilities=None, detail=reply.body)
-            await self._send(update)
+            await self._send({"type": "update", "index": self.index, **span, **scored})
 
     async def _send(self, message: dict[str, Any]) -> None:
         try:

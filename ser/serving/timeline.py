@@ -1,9 +1,11 @@
 """A long recording as a timeline: its speech segments, each with an emotion, start and end.
 
 Segments come from the front end's own energy envelope (the 25 ms / 10 ms frames that trim
-clips) with hysteresis: a segment is a run of frames within ``off_db`` of the recording's
-loudest frame that holds at least one frame within ``on_db``; runs closer than
-``min_silence_s`` are joined and segments shorter than ``min_speech_s`` dropped. It was chosen
+clips) with hysteresis: frames within ``on_db`` of the recording's loudest frame start a
+segment, which then extends outward while its frames stay within ``off_db`` of the segment's
+own loudest frame; no segment frame lies less than ``above_floor_db`` over the noise floor (the
+recording's quietest tenth of frames); runs closer than ``min_silence_s`` are joined and
+segments shorter than ``min_speech_s`` dropped. It was chosen
 over WebRTC's VAD by a measured comparison (benchmarks/bench_vad.py, docs/RESULTS.md).
 
 Each segment is scored as :class:`~ser.serving.predict.Predictor` scores a recording: windows
@@ -12,7 +14,8 @@ when it is short), each normalized like a training clip; the segment's probabili
 mean of its windows'. Times are seconds in the file (before the front end's edge trim).
 
 A file on disk is streamed twice, never held: once for the envelope (one float per 10 ms),
-once to cut the segments' windows as they go by.
+once to cut the segments' windows as they go by. An MP3 (which is decoded in one read, see
+:func:`ser.audio.streamable_frames`) and uploaded bytes are loaded whole instead.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def _answer_signal(predictor, y, name: str, visuals: bool) -> dict[str, Any]:
 
 def answer(predictor, payload: bytes, name: str, visuals: bool, timeline: bool = False) -> tuple[str, Any]:
     """What the server sends back for one upload; the JSON is encoded here, off the event loop.
-    ``timeline``: also its speech segments, each with an emotion (see :mod:`ser.serving.timeline`)."""
+    ``timeline``: also its speech segments, each with an emotion (see :mod:`ser.serving.timeline`);
+    when they cannot be found, ``timeline`` is ``{"error": reason}`` and the rest of the answer stands."""
     from ser.audio import AudioError
     from ser.serving.predict import audio_error_message
 
@@ -96,10 +97,15 @@ def answer(predictor, payload: bytes, name: str, visuals: bool, timeline: bool =
     try:
         y = predictor.load(payload)
         result = _answer_signal(predictor, y, name, visuals)
-        if timeline:
-            result["timeline"] = _timeline(predictor, payload, name)
     except AudioError as exc:
         return "bad", audio_error_message(exc, name)
+    if timeline:  # a timeline that fails leaves the clip's own answer standing, with the reason
+        try:
+            result["timeline"] = _timeline(predictor, payload, name)
+        except AudioError as exc:
+            result["timeline"] = {"error": audio_error_message(exc, name)}
+        except Exception as exc:
+            result["timeline"] = {"error": f"{type(exc).__name__}: {exc}"}
     result["served_by"] = {"worker": os.getpid(), "started": started, "finished": time.time()}
     return "ok", json.dumps(result).encode("utf-8")
 

@@ -60,9 +60,14 @@
 
   function onMessage(message) {
     if (message.type === "ready") {
-      session.ready = message;
+      const current = session;
+      current.ready = message;
       drawLegend(message.classes);
-      startAudio(message).catch(error => stop("Could not start the microphone: " + error, true));
+      // A failure that comes after this session was stopped (and maybe a new one started) is not
+      // the new session's: it must not tear that one down.
+      startAudio(message).catch(error => {
+        if (session === current) stop("Could not start the microphone: " + error, true);
+      });
       return;
     }
     if (message.type === "update" && message.label !== null) {
@@ -91,6 +96,7 @@
     current.source.connect(node);
     node.connect(current.context.destination);  // pulled by the graph; it outputs silence
     await current.context.resume();
+    if (session !== current) return;
     section.dataset.rate = String(current.context.sampleRate);
     liveStatus("Listening (the microphone at " + current.context.sampleRate + " Hz, sent at " + ready.sample_rate +
                " Hz): a label about every " + ready.every_s + " s over the last " + ready.window_s + " s.");
