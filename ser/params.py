@@ -362,6 +362,11 @@ def params_class(model_type: str) -> type[Section]:
     return ModelParams.model_fields[model_type].annotation
 
 
+
+def model_block(model_type: str, values: Any, source: str = "params") -> Section:
+    """``model.<model_type>`` typed as its family's section (a mapping validated once)."""
+    return typed(params_class(model_type), values, f"model.{model_type}", source)
+
 KERAS_FAMILIES = tuple(name for name, field in ModelParams.model_fields.items()
                        if name != "keras" and isinstance(field.annotation, type)
                        and issubclass(field.annotation, KerasParams))

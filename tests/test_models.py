@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ser.models import (KERAS_TYPES, MODEL_TYPES, MODELS, SKLEARN_TYPES, ModelBundle, load_estimator,
-                        params_class, resolve_feature_input)
-from ser.params import AudioParams, FeatureParams, ParamsError
+                        resolve_feature_input)
+from ser.params import AudioParams, FeatureParams, ParamsError, params_class
 from tests.params_support import PARAMS, model_params, section
 
 # params.yaml's block of each type, shrunk so that every family trains in seconds.

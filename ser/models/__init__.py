@@ -4,9 +4,9 @@ read (:mod:`ser.models.inputs`)."""
 
 from ser.models.bundle import ModelBundle
 from ser.models.registry import (KERAS_TYPES, MODEL_TYPES, MODELS, SKLEARN_TYPES, is_keras, load_estimator,
-                                 params_class, resolve_feature_input, uses_validation)
+                                 resolve_feature_input, uses_validation)
 
 __all__ = [
     "KERAS_TYPES", "MODELS", "MODEL_TYPES", "ModelBundle", "SKLEARN_TYPES",
-    "is_keras", "load_estimator", "params_class", "resolve_feature_input", "uses_validation",
+    "is_keras", "load_estimator", "resolve_feature_input", "uses_validation",
 ]

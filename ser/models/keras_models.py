@@ -84,7 +84,7 @@ with _without_native_notes(_START_UP_NOISE):
     import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from ser.params import KerasParams, params_class, typed  # noqa: E402
+from ser.params import KerasParams, model_block  # noqa: E402
 
 RECURRENT = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 # Keras' default 0.99 needs hundreds of steps before the inference-time statistics are usable;
@@ -348,7 +348,7 @@ def input_dtype(input_shape: tuple[int, ...]) -> str:
 def build_network(model_type: str, params: KerasParams | dict[str, Any], input_shape: tuple[int, ...],
                   n_classes: int, seed: int | None = None) -> keras.Model:
     """The network of ``model_type``; ``params`` is its block ``model.<type>``."""
-    params = typed(params_class(model_type), params, f"model.{model_type}")
+    params = model_block(model_type, params)
     dropout = params.dropout
     inputs = keras.Input(shape=input_shape, name="features", dtype=input_dtype(input_shape))
     if len(input_shape) == 3:  # (T, depths, C): every value standardized, then the depths weighed
@@ -404,7 +404,7 @@ class KerasEstimator:
     def __init__(self, model_type: str, params: KerasParams | dict[str, Any], input_shape: tuple[int, ...],
                  n_classes: int, seed: int):
         self.model_type = model_type
-        self.params = typed(params_class(model_type), params, f"model.{model_type}")
+        self.params = model_block(model_type, params)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.n_classes = n_classes
         self.seed = seed
@@ -499,8 +499,7 @@ class KerasEstimator:
         meta = json.loads((folder / "estimator.json").read_text(encoding="utf-8"))
         estimator = cls.__new__(cls)
         estimator.model_type = meta["model_type"]
-        estimator.params = typed(params_class(meta["model_type"]), meta["params"], f"model.{meta['model_type']}",
-                                 str(folder / "estimator.json"))
+        estimator.params = model_block(meta["model_type"], meta["params"], str(folder / "estimator.json"))
         estimator.input_shape = tuple(meta["input_shape"])
         estimator.n_classes = meta["n_classes"]
         estimator.seed = meta["seed"]

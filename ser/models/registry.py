@@ -1,7 +1,7 @@
 """One registry of model families: ``MODELS[type](params_of_type, input_shape, n_classes, seed,
 feature_names=None)`` (the column names of a table input, which some params refer to).
-``params_of_type`` is the family's block, ``model.<type>`` (its schema class, :func:`params_class`,
-or the plain mapping, typed once here); the estimator keeps it typed as ``estimator.params``.
+``params_of_type`` is the family's block, ``model.<type>`` (its schema class, or the plain mapping,
+typed once here by :func:`ser.params.model_block`); the estimator keeps it typed as ``estimator.params``.
 
 Every estimator has ``fit(X, y, X_val=None, y_val=None, sample_weight=None) -> history``
 (a dict of per-epoch lists, ``{}`` for models without epochs), ``predict_proba(X)``,
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ser.models.inputs import FEATURE_INPUTS, SEQUENCE_INPUTS, TABULAR_INPUTS, is_feature_input
-from ser.params import KERAS_FAMILIES, ModelParams, Section, params_class, typed
+from ser.params import KERAS_FAMILIES, Section, model_block
 
 SKLEARN_TYPES = ("logreg", "mlp", "svm", "random_forest", "decision_tree")
 KERAS_TYPES = KERAS_FAMILIES  # the schema's Keras blocks, each completed from model.keras
@@ -38,7 +38,7 @@ def _module_for(model_type: str):
 def _factory(model_type: str) -> Callable[..., Any]:
     def build(params_of_type: Section | dict[str, Any], input_shape: tuple[int, ...], n_classes: int, seed: int,
               feature_names: Sequence[str] | None = None):
-        params_of_type = typed(params_class(model_type), params_of_type, f"model.{model_type}")
+        params_of_type = model_block(model_type, params_of_type)
         return _module_for(model_type).build(model_type, params_of_type, tuple(input_shape),
                                              int(n_classes), int(seed), feature_names=feature_names)
 
@@ -70,7 +70,7 @@ def resolve_feature_input(model_type: str, features: str, params_of_type: Sectio
     """``model.features`` (auto | sequences | a table or tables fused with ``+`` | both | a
     sequence kind) resolved to the concrete input this type trains on; ``auto`` is the type's
     own ``input`` param (of ``params_of_type``, the block ``model.<type>``)."""
-    params_of_type = typed(params_class(model_type), params_of_type, f"model.{model_type}")
+    params_of_type = model_block(model_type, params_of_type)
     sequence_kind = params_of_type.input
     if features in (None, "auto"):
         features = sequence_kind

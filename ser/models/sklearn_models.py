@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ser.params import LogregParams, Section, params_class, typed
+from ser.params import LogregParams, Section, model_block
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -154,7 +154,7 @@ class SklearnEstimator:
                  feature_names: Sequence[str] | None = None):
         if len(input_shape) != 1:
             raise ValueError(f"{model_type} needs a tabular input (n, features); got per-row shape {input_shape}")
-        params = typed(params_class(model_type), params, f"model.{model_type}")
+        params = model_block(model_type, params)
         self.model_type = model_type
         self.params = params
         self.input_shape = tuple(input_shape)
@@ -252,7 +252,7 @@ class SklearnEstimator:
         meta_path = folder / "estimator.json"
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         model_type = meta["model_type"]
-        params = typed(params_class(model_type), meta["params"], f"model.{model_type}", str(meta_path))
+        params = model_block(model_type, meta["params"], str(meta_path))
         # The fitted pipeline is passed in: no unfitted one is built (and no other family imported).
         return cls(model_type, params, tuple(meta["input_shape"]), meta["n_classes"], meta["seed"],
                    pipeline=joblib.load(folder / "pipeline.joblib"))

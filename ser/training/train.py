@@ -38,7 +38,7 @@ from ser.models import MODELS, is_keras, resolve_feature_input, uses_validation
 from ser.models.bundle import SEQUENCE_INPUTS, ModelBundle, tabular_sets
 from ser.features.speaker_norm import check_speaker_norm, standardize_groups
 from ser.training.tracking import RunSettings, TrainingRun
-from ser.params import ModelParams, Params, Section, TrainParams, typed
+from ser.params import ModelParams, Params, Section, TrainParams, model_block, typed
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +179,10 @@ def best_epoch(history: dict[str, list]) -> int | None:
     return int(np.argmin(val_loss)) + 1
 
 
-def _typed_block(model_type: str, params_of_type: Section | dict[str, Any]) -> Section:
-    """``model.<model_type>`` as its family's section (a mapping is validated)."""
-    return typed(ModelParams.model_fields[model_type].annotation, params_of_type, f"model.{model_type}")
-
-
 def final_params(model_type: str, params_of_type: Section | dict[str, Any], best_epochs: list[int]) -> Section:
     """The ``model.<model_type>`` section of the final fit: epoch-trained models run for the
     folds' median best epoch."""
-    params_of_type = _typed_block(model_type, params_of_type)
+    params_of_type = model_block(model_type, params_of_type)
     if not best_epochs:
         return params_of_type
     epochs = max(1, int(round(float(np.median(best_epochs)))))
@@ -508,7 +503,7 @@ def fit_final(data: LabelledData, model_type: str, type_params: Section | dict[s
               params: Params | dict[str, Any]):
     """The final estimator on every labelled clip (and every copy of them), built from
     ``type_params`` (the ``model.<model_type>`` section of the final fit); returns it with its history."""
-    type_params = _typed_block(model_type, type_params)
+    type_params = model_block(model_type, type_params)
     train_params = typed(Params, params).train
     X, y, corpora = data.training_rows(np.arange(len(data.y)))
     final = MODELS[model_type](type_params, data.X.shape[1:], len(data.classes), train_params.seed,
